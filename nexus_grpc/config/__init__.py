@@ -1,0 +1,1 @@
+"""Configuration: schema (frozen dataclasses), strict phased loader, demo fleet."""

@@ -1,0 +1,1 @@
+"""Protocol-free values: requests, backends, decisions, reasons, enums. No grpc imports."""

@@ -1,0 +1,145 @@
+"""Decisions are data: Route, Queue or Reject, with every exclusion on the way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode, PrivacyZone, RejectCode
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    """One backend dropped by one stage (a RejectionReason on the wire)."""
+
+    backend_id: str
+    model: str
+    reconciler: str
+    code: ExclusionCode
+    reason: str
+    suggested_action: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    """Budget state of one scope in one month (a BudgetState on the wire)."""
+
+    scope: str
+    month: str
+    spent_nano: int
+    reserved_nano: int
+    limit_nano: int
+    status: BudgetStatus
+
+    @property
+    def used_nano(self) -> int:
+        return self.spent_nano + self.reserved_nano
+
+    @property
+    def utilization_percent(self) -> float:
+        return self.used_nano * 100 / self.limit_nano if self.limit_nano else 0.0
+
+    @property
+    def remaining_nano(self) -> int:
+        return max(0, self.limit_nano - self.used_nano) if self.limit_nano else 0
+
+
+def budget_status(used_nano: int, limit_nano: int, soft_percent: float) -> BudgetStatus:
+    """HARD at used >= limit, SOFT at used >= soft% of limit (both inclusive); limit 0 = none."""
+    if limit_nano <= 0:
+        return BudgetStatus.NORMAL
+    if used_nano >= limit_nano:
+        return BudgetStatus.HARD_LIMIT
+    # used*100 >= limit*soft  <=> used >= soft% of limit, without float rounding on the money side
+    if used_nano * 100 >= limit_nano * soft_percent:
+        return BudgetStatus.SOFT_LIMIT
+    return BudgetStatus.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class CostEstimate:
+    input_tokens: int
+    output_tokens: int
+    cost_nano: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    backend_id: str
+    url: str
+    backend_type: str
+    privacy_zone: PrivacyZone
+    model: str
+    reason: str
+    score: int = 0
+    fallback_used: bool = False
+    alternates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    model: str
+    reason: str
+    estimated_wait_ms: int
+    retry_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    code: RejectCode
+    message: str
+    retry_after_ms: int = 0
+
+
+Verdict = Route | Queue | Reject
+
+
+@dataclass(frozen=True, slots=True)
+class StageTrace:
+    model: str
+    reconciler: str
+    duration_us: int
+    candidates_in: int
+    candidates_out: int
+    exclusions: tuple[Exclusion, ...]
+    notes: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateScore:
+    model: str
+    backend_id: str
+    score: int
+    priority_score: int
+    load_score: int
+    latency_score: int
+    adjustments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    request_id: str
+    requested_model: str
+    resolved_model: str
+    verdict: Verdict
+    cost_estimate: CostEstimate
+    budget: BudgetView | None
+    exclusions: tuple[Exclusion, ...]
+    # Which scopes a Route reserves in (global first, then the tenant when it is tracked).
+    scopes: tuple[str, ...] = ()
+    stages: tuple[StageTrace, ...] = ()
+    scores: tuple[CandidateScore, ...] = ()
+    stage_durations_ns: tuple[tuple[str, int], ...] = field(default=())
+
+    @property
+    def route(self) -> Route | None:
+        return self.verdict if isinstance(self.verdict, Route) else None
+
+
+def summary_text(exclusions: tuple[Exclusion, ...] | list[Exclusion], stage_order: tuple[str, ...]) -> str:
+    """'{n} backend{s} excluded by {stages}': distinct backends, stages once each in pipeline order."""
+    ids = {e.backend_id for e in exclusions}
+    seen = {e.reconciler for e in exclusions}
+    stages = [s for s in stage_order if s in seen] + sorted(seen - set(stage_order))
+    n = len(ids)
+    return f"{n} backend{'s' if n != 1 else ''} excluded by {', '.join(stages) if stages else 'no stage'}"

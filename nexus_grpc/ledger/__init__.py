@@ -1,0 +1,1 @@
+"""Budget ledger: the Ledger protocol and its memory, sqlite and redis implementations."""
