@@ -64,7 +64,9 @@ def main() -> int:
         _generate(out)
         if check:
             new, old = _tree(out), _tree(TARGET)
-            diff = sorted(new ^ old) + sorted(f for f in new & old if not filecmp.cmp(out / f, TARGET / f, shallow=False))
+            diff = sorted(new ^ old) + sorted(
+                f for f in new & old if not filecmp.cmp(out / f, TARGET / f, shallow=False)
+            )
             if diff:
                 print("generated code is out of date; run: python tools/gen_protos.py", file=sys.stderr)
                 for f in diff:

@@ -1,0 +1,297 @@
+"""Composition root: config -> registry/ledger -> pipeline -> servicers -> grpc.aio server;
+start, background upkeep, reload, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nexus_grpc._gen.nexus.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    budget_pb2,
+    budget_pb2_grpc,
+    decision_pb2,
+    decision_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from nexus_grpc.config.demo import DEMO_LOADING_BACKEND, DEMO_SEED_SPEND_USD, demo_config
+from nexus_grpc.config.loader import load_config
+from nexus_grpc.config.schema import Config
+from nexus_grpc.domain.enums import BackendStatus
+from nexus_grpc.domain.money import usd_to_nano
+from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.ledger.base import Ledger, month_of
+from nexus_grpc.ledger.memory import MemoryLedger
+from nexus_grpc.pipeline.budget import GLOBAL
+from nexus_grpc.pipeline.executor import Pipeline
+from nexus_grpc.reconcilers import default_stages
+from nexus_grpc.servicers.admin import AdminServicer, GateInterceptor
+from nexus_grpc.servicers.budget import BudgetServicer
+from nexus_grpc.servicers.decision import DecisionServicer
+from nexus_grpc.servicers.registry import RegistryServicer
+from nexus_grpc.state.registry import Registry
+
+log = logging.getLogger("nexus_grpc")
+
+SERVICE_NAMES = (
+    decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1", "unix:")
+# Extra servicers (e.g. the Envoy adapters) register here: (add_to_server, service name).
+ServicerHook = Callable[["Runtime", grpc.aio.Server], tuple[str, ...]]
+EXTRA_SERVICERS: list[ServicerHook] = []
+
+
+def make_ledger(config: Config) -> Ledger:
+    kind = config.ledger.kind
+    if kind == "memory":
+        return MemoryLedger()
+    from nexus_grpc.ledger.factory import make_ledger as factory
+
+    return factory(kind, path=config.ledger.path, url=config.ledger.url)
+
+
+@dataclass
+class ServeOptions:
+    listen: str | None = None  # overrides [server] listen
+    reuse_port: bool = False  # --workers > 1
+
+
+class Runtime:
+    """One serving process: the engine, its server and its background upkeep."""
+
+    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+        self.config_path = config_path
+        self.demo = config_path is None and config.source == "<demo>"
+        self.registry = Registry(config, time.monotonic)
+        self.engine = DecisionEngine(self.registry, Pipeline(default_stages()), make_ledger(config))
+        self.health = health_aio.HealthServicer()
+        self.config_loaded_at = _iso_now()
+        self.draining = False
+        self.refusing = False
+        self.ready = False
+        self.reload_failures = 0
+        self.listen = config.server.listen
+        self.port = 0
+        self.server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    @property
+    def config(self) -> Config:
+        return self.registry.config
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.listen.startswith(LOOPBACK_HOSTS)
+
+    def admin_token(self) -> str:
+        env = self.config.server.admin_token_env
+        return os.environ.get(env, "") if env else ""
+
+    def client_token(self) -> str:
+        env = self.config.server.client_token_env
+        return os.environ.get(env, "") if env else ""
+
+    def degraded_reasons(self) -> list[str]:
+        reasons = []
+        if not self.engine.ledger.available:
+            reasons.append(f"ledger {self.engine.ledger.kind} unavailable: budget fails open")
+        if self.reload_failures:
+            reasons.append(f"{self.reload_failures} config reload(s) failed; running {self.config.version}")
+        return reasons
+
+    async def reload(self) -> Config:
+        """Validate the file completely, then swap; a bad file changes nothing."""
+        assert self.config_path is not None
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except Exception:
+            self.reload_failures += 1
+            raise
+        old = self.config
+        for section in ("server", "ledger", "telemetry"):
+            if getattr(old, section) != getattr(config, section):
+                log.warning("config reload: [%s] changed; it applies after a restart", section)
+        self.registry.load(config)
+        self.config_loaded_at = _iso_now()
+        self.engine.watch.notify()
+        log.info("config reloaded: version %s", config.version)
+        return config
+
+    async def start(self, options: ServeOptions | None = None) -> int:
+        options = options or ServeOptions()
+        config = self.config
+        self.listen = options.listen or config.server.listen
+        await self.engine.ledger.start()
+        if self.demo:
+            self._seed_demo()
+        server = grpc.aio.server(
+            interceptors=[GateInterceptor(self)],
+            options=[
+                ("grpc.so_reuseport", 1 if options.reuse_port else 0),
+                ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+                ("grpc.max_send_message_length", config.limits.max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        )
+        decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.engine), server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.engine), server)
+        budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(self.engine), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
+        names = list(SERVICE_NAMES)
+        for hook in EXTRA_SERVICERS:
+            names.extend(hook(self, server))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        self._names = names
+        self.port = self._bind(server, self.listen)
+        await server.start()
+        self.server = server
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._tasks = [asyncio.create_task(self._upkeep(), name="nexus-upkeep")]
+        self.ready = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s (config %s, %s ledger)", self.listen, config.version, self.engine.ledger.kind)
+        return self.port
+
+    def _bind(self, server: grpc.aio.Server, listen: str) -> int:
+        tls = self.config.server.tls
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            ca = tls.client_ca.read_bytes() if tls.client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(tls.key.read_bytes(), tls.cert.read_bytes())],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+            port = server.add_secure_port(listen, creds)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen} (address in use?)")
+        if listen.endswith(":0"):
+            self.listen = listen[: -len("0")] + str(port)
+        return port
+
+    async def _set_health(self, status: Any) -> None:
+        await self.health.set("", status)
+        for name in self._names:
+            await self.health.set(name, status)
+
+    def _seed_demo(self) -> None:
+        ledger = self.engine.ledger
+        if isinstance(ledger, MemoryLedger):
+            ledger.seed_spend(GLOBAL, month_of(time.time()), usd_to_nano(DEMO_SEED_SPEND_USD))
+        self._roll_demo_loading()
+
+    def _roll_demo_loading(self) -> None:
+        found = self.registry.get(DEMO_LOADING_BACKEND)
+        if found is None:
+            return
+        live = found[1]
+        if live.status != BackendStatus.LOADING or live.loading_eta_ms(time.monotonic()) < 5000:
+            progress = ((live.loading_progress or 0) + 17) % 90 + 5
+            self.registry.set_state(
+                DEMO_LOADING_BACKEND, BackendStatus.LOADING, eta_ms=20000, progress=progress, admin=False
+            )
+
+    async def _upkeep(self) -> None:
+        """Once a second: expire in-flight entries; on its interval, refresh the ledger."""
+        last_refresh = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.engine.expire_flights()
+                budget = self.config.routing.budget
+                interval = budget.reconciliation_interval_secs if budget else 60.0
+                if time.monotonic() - last_refresh >= interval:
+                    last_refresh = time.monotonic()
+                    await self.engine.ledger.refresh()
+                if self.demo:
+                    self._roll_demo_loading()
+            except Exception:
+                log.exception("upkeep failed; retrying in a second")
+
+    async def stop(self, *, drain_seconds: float | None = None, grace_seconds: float | None = None) -> None:
+        """Health NOT_SERVING while still serving for drain_seconds; then refuse new RPCs, let
+        in-flight ones finish within grace_seconds, flush the ledger."""
+        if self.draining:
+            await self._stopped.wait()
+            return
+        server_cfg = self.config.server
+        self.draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(server_cfg.drain_seconds if drain_seconds is None else drain_seconds)
+        self.refusing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.server is not None:
+            await self.server.stop(server_cfg.grace_seconds if grace_seconds is None else grace_seconds)
+        await self.engine.ledger.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def load_runtime(config_path: str | None) -> Runtime:
+    if config_path is None:
+        return Runtime(demo_config())
+    path = Path(config_path)
+    return Runtime(load_config(path), config_path=path)
+
+
+async def serve(runtime: Runtime, options: ServeOptions | None = None) -> None:
+    """Run until SIGTERM/SIGINT (graceful stop); SIGHUP reloads the config file."""
+    loop = asyncio.get_running_loop()
+    await runtime.start(options)
+    tasks: set[asyncio.Future[None]] = set()
+
+    def on_stop() -> None:
+        log.info("stopping: draining for %ss", runtime.config.server.drain_seconds)
+        tasks.add(asyncio.ensure_future(runtime.stop()))
+
+    def on_hup() -> None:
+        if runtime.config_path is None:
+            log.warning("SIGHUP ignored: the demo fleet has no config file")
+            return
+
+        async def go() -> None:
+            try:
+                await runtime.reload()
+            except Exception as exc:
+                log.error("config reload refused, old config kept:\n%s", exc)
+
+        tasks.add(asyncio.ensure_future(go()))
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await runtime.wait_stopped()
+
+
+def _iso_now() -> str:
+    return datetime.now(tz=UTC).isoformat(timespec="seconds")

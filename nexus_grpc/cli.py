@@ -1,0 +1,121 @@
+"""nexus-grpc serve | check-config | decide | explain."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from nexus_grpc import __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from nexus_grpc.app import ServeOptions, load_runtime, serve
+    from nexus_grpc.config.errors import ConfigError
+
+    try:
+        runtime = load_runtime(args.config)
+    except ConfigError as exc:
+        print(f"nexus-grpc: refusing to start, the configuration is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"nexus-grpc: cannot read the configuration: {exc}", file=sys.stderr)
+        return 2
+    workers = args.workers or runtime.config.server.workers
+    if workers > 1 and not args.reuse_port:
+        from nexus_grpc.workers import run_workers
+
+        return run_workers(args, workers)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        pass
+    try:
+        asyncio.run(serve(runtime, ServeOptions(listen=args.listen, reuse_port=args.reuse_port)))
+    except OSError as exc:
+        print(f"nexus-grpc: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from nexus_grpc.config.loader import check_config
+
+    config, errors, warnings = check_config(args.file)
+    for w in warnings:
+        print(f"warning: {w}")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if errors:
+        print(f"{args.file}: {len(errors)} error(s); the server would refuse to start", file=sys.stderr)
+        return 1
+    assert config is not None
+    print(
+        f"{args.file}: OK (version {config.version}, {len(config.backends)} backends, "
+        f"{len(config.routing.policies)} policies, {len(warnings)} warning(s))"
+    )
+    return 0
+
+
+def _query(args: argparse.Namespace, explain: bool) -> int:
+    from nexus_grpc.client import query
+
+    return query(args, explain=explain)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus-grpc", description="gRPC decision engine for LLM routing")
+    parser.add_argument("--version", action="version", version=f"nexus-grpc {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve decisions (the built-in demo fleet without --config)")
+    s.add_argument("--config", help="TOML configuration file")
+    s.add_argument("--listen", help="address to listen on, e.g. 127.0.0.1:50051 (overrides [server] listen)")
+    s.add_argument("--workers", type=int, default=0, help="processes sharing the port")
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    s.set_defaults(func=_serve)
+
+    c = sub.add_parser("check-config", help="validate a configuration file")
+    c.add_argument("file")
+    c.set_defaults(func=_check)
+
+    for name, explain in (("decide", False), ("explain", True)):
+        q = sub.add_parser(name, help=f"{'explain' if explain else 'ask for'} a decision and print it")
+        q.add_argument("model")
+        q.add_argument("--target", default="127.0.0.1:50051")
+        q.add_argument("--tokens", type=int, default=0, help="estimated input tokens")
+        q.add_argument("--max-output", type=int, default=0, help="max output tokens")
+        q.add_argument("--tenant", default="")
+        q.add_argument("--request-id", default="")
+        q.add_argument("--privacy", choices=["restricted", "open"])
+        q.add_argument("--min-tier", type=int, default=0)
+        q.add_argument("--flexible", action="store_true", help="accept a tier downgrade")
+        q.add_argument("--priority", choices=["normal", "high"])
+        q.add_argument("--vision", action="store_true")
+        q.add_argument("--tools", action="store_true")
+        q.add_argument("--json-mode", action="store_true")
+        q.add_argument("--stream", action="store_true")
+        q.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+        q.add_argument("--token", default="", help="bearer token (client_token_env)")
+        q.add_argument("--json", action="store_true", help="print the response as JSON")
+        q.add_argument("--timeout", type=float, default=5.0)
+        q.set_defaults(func=lambda a, e=explain: _query(a, e))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

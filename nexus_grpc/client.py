@@ -1,0 +1,174 @@
+"""The synchronous client behind `nexus-grpc decide|explain`: request building and tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
+from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
+from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
+
+
+def build_request(args: argparse.Namespace) -> dpb.DecideRequest:
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return dpb.DecideRequest(
+        request_id=args.request_id,
+        model=args.model,
+        estimated_input_tokens=args.tokens,
+        max_output_tokens=args.max_output,
+        needs_vision=args.vision,
+        needs_tools=args.tools,
+        needs_json_mode=args.json_mode,
+        stream=args.stream,
+        tier_mode=tpb.TIER_MODE_FLEXIBLE if args.flexible else tpb.TIER_MODE_UNSPECIFIED,
+        privacy={"restricted": tpb.PRIVACY_ZONE_RESTRICTED, "open": tpb.PRIVACY_ZONE_OPEN}.get(
+            args.privacy or "", tpb.PRIVACY_ZONE_UNSPECIFIED
+        ),
+        min_tier=args.min_tier,
+        priority=tpb.PRIORITY_HIGH if args.priority == "high" else tpb.PRIORITY_UNSPECIFIED,
+        tenant=args.tenant,
+        labels=labels,
+    )
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in headers], *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _enum(enum: Any, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix)
+
+
+def render_decision(resp: dpb.DecideResponse) -> str:
+    out = [f"request {resp.request_id}: {resp.requested_model} (resolved {resp.resolved_model})"]
+    kind = resp.WhichOneof("decision")
+    if kind == "route":
+        r = resp.route
+        zone = _enum(tpb.PrivacyZone, r.privacy_zone, "PRIVACY_ZONE_")
+        out.append(f"ROUTE  -> {r.backend_id} ({r.backend_type}, {zone})")
+        out.append(f"  url {r.url}  model {r.model}  reason {r.reason}  score {r.score}")
+        if r.fallback_used:
+            out.append("  fallback used")
+        if r.alternates:
+            out.append(f"  alternates: {', '.join(r.alternates)}")
+    elif kind == "queue":
+        q = resp.queue
+        out.append(f"QUEUE  model {q.model}: {q.reason}; retry in {q.retry_after_ms} ms")
+    else:
+        j = resp.reject
+        out.append(f"REJECT {_enum(tpb.RejectCode, j.code, 'REJECT_CODE_')}: {j.message}")
+        if j.retry_after_ms:
+            out.append(f"  retry after {j.retry_after_ms} ms")
+    est, b = resp.cost_estimate, resp.budget
+    out.append(f"cost estimate: {est.input_tokens} in / {est.output_tokens} out tokens = ${est.cost_usd:.6f}")
+    out.append(
+        f"budget [{b.scope} {b.month}]: {_enum(tpb.BudgetStatus, b.status, 'BUDGET_STATUS_')} "
+        f"spent ${b.spent_usd:.2f} + reserved ${b.reserved_usd:.2f} of ${b.limit_usd:.2f} "
+        f"({b.utilization_percent:.1f}%)"
+    )
+    if resp.exclusions:
+        out.append("")
+        out.append(
+            table(
+                ["backend", "model", "stage", "code", "reason", "suggested action"],
+                [
+                    [
+                        e.backend_id,
+                        e.model,
+                        e.reconciler,
+                        _enum(tpb.ExclusionCode, e.code, "EXCLUSION_CODE_"),
+                        e.reason,
+                        e.suggested_action,
+                    ]
+                    for e in resp.exclusions
+                ],
+            )
+        )
+        if resp.exclusions_omitted:
+            out.append(f"... and {resp.exclusions_omitted} more")
+    return "\n".join(out)
+
+
+def render_explain(resp: dpb.ExplainResponse) -> str:
+    out = [render_decision(resp.decision), ""]
+    out.append(
+        table(
+            ["model", "stage", "in", "out", "us", "notes"],
+            [
+                [
+                    s.model,
+                    s.reconciler,
+                    s.candidates_in,
+                    s.candidates_out,
+                    s.duration_us,
+                    ", ".join(f"{k}={v}" for k, v in sorted(s.notes.items())),
+                ]
+                for s in resp.stages
+            ],
+        )
+    )
+    if resp.scores:
+        out.append("")
+        out.append(
+            table(
+                ["model", "backend", "score", "priority", "load", "latency", "adjustments"],
+                [
+                    [
+                        s.model,
+                        s.backend_id,
+                        s.score,
+                        s.priority_score,
+                        s.load_score,
+                        s.latency_score,
+                        ", ".join(s.adjustments),
+                    ]
+                    for s in resp.scores
+                ],
+            )
+        )
+    return "\n".join(out)
+
+
+def query(args: argparse.Namespace, *, explain: bool) -> int:
+    request = build_request(args)
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    with grpc.insecure_channel(args.target) as channel:
+        stub = dgrpc.DecisionServiceStub(channel)
+        try:
+            if explain:
+                eresp: dpb.ExplainResponse = stub.Explain(
+                    dpb.ExplainRequest.FromString(request.SerializeToString()),
+                    timeout=args.timeout,
+                    metadata=metadata,
+                )
+                text = render_explain(eresp)
+                message: Any = eresp
+            else:
+                dresp: dpb.DecideResponse = stub.Decide(request, timeout=args.timeout, metadata=metadata)
+                text = render_decision(dresp)
+                message = dresp
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            print(f"nexus-grpc: {getattr(code, 'name', code)}: {details}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,192 @@
+"""Phase 2 for `[routing]` (strategy, weights, aliases, fallbacks, policies, budget) and prices."""
+
+from __future__ import annotations
+
+import re
+
+from nexus_grpc.config._reader import Context, Table, type_name
+from nexus_grpc.config.glob import GlobError, compile_glob
+from nexus_grpc.config.schema import (
+    HARD_LIMIT_ACTIONS,
+    STRATEGIES,
+    BudgetConfig,
+    Policy,
+    RoutingConfig,
+    Weights,
+)
+from nexus_grpc.domain.enums import PrivacyZone
+from nexus_grpc.domain.money import Price, PriceError, per_1k_to_nano_per_token, usd_to_nano
+
+_NEVER = re.compile(r"(?!)")  # stands in for a glob that failed to compile (phase 3 reports it)
+_POLICY_PRIVACY = {"restricted": PrivacyZone.RESTRICTED, "unrestricted": PrivacyZone.OPEN}
+
+
+def routing(t: Table | None, ctx: Context) -> RoutingConfig:
+    d = RoutingConfig()
+    if t is None:
+        return d
+    result = RoutingConfig(
+        strategy=t.choice("strategy", d.strategy, STRATEGIES),
+        weights=_weights(t.table("weights")),
+        aliases=_aliases(t.table("aliases")),
+        fallbacks=_fallbacks(t.table("fallbacks")),
+        policies=tuple(_policy(p, ctx) for p in t.tables("policies")),
+        budget=_budget(t.table("budget")),
+    )
+    t.finish()
+    return result
+
+
+def _weights(t: Table | None) -> Weights:
+    d = Weights()
+    if t is None:
+        return d
+    before = len(t.issues.items)
+    priority = t.integer("priority", d.priority, 0, 100)
+    load = t.integer("load", d.load, 0, 100)
+    latency = t.integer("latency", d.latency, 0, 100)
+    t.finish()
+    if len(t.issues.items) == before and priority + load + latency != 100:
+        t.issues.add(
+            t.path,
+            f"weights must sum to 100, got {priority + load + latency} "
+            f"(priority {priority} + load {load} + latency {latency})",
+        )
+    return Weights(priority, load, latency)
+
+
+def _aliases(t: Table | None) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    if t is None:
+        return aliases
+    for key, value, path in t.entries():
+        if not key.strip():
+            t.issues.add(path, "an alias name must not be empty")
+        elif not isinstance(value, str):
+            t.issues.add(path, f"expected a model name (string), got {type_name(value)}")
+        elif not value.strip():
+            t.issues.add(path, "the alias target must not be empty")
+        else:
+            aliases[key] = value
+    return aliases
+
+
+def _fallbacks(t: Table | None) -> dict[str, tuple[str, ...]]:
+    fallbacks: dict[str, tuple[str, ...]] = {}
+    if t is None:
+        return fallbacks
+    for key, value, path in t.entries():
+        if not key.strip():
+            t.issues.add(path, "a model name must not be empty")
+            continue
+        if not isinstance(value, list):
+            t.issues.add(path, f"expected an array of model names, got {type_name(value)}")
+            continue
+        models: list[str] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                t.issues.add(f"{path}[{index}]", f"expected a model name (string), got {type_name(item)}")
+            elif not item.strip():
+                t.issues.add(f"{path}[{index}]", "a model name must not be empty")
+            else:
+                models.append(item)
+        fallbacks[key] = tuple(models)
+    return fallbacks
+
+
+def _policy(t: Table, ctx: Context) -> Policy:
+    pattern = t.string("model_pattern", "", required=True)
+    privacy = t.choice("privacy", "unrestricted", tuple(_POLICY_PRIVACY))
+    min_tier = t.integer("min_tier", 0, 1, 5)
+    max_cost = t.number("max_cost_per_request", -1.0, 0.0)
+    fallback_allowed = t.boolean("fallback_allowed", True)
+    t.finish()
+    regex = _NEVER
+    if pattern:
+        try:
+            regex = compile_glob(pattern)
+        except GlobError as exc:
+            ctx.deferred.add(t.at("model_pattern"), str(exc))
+    return Policy(
+        model_pattern=pattern,
+        regex=regex,
+        privacy=_POLICY_PRIVACY[privacy],
+        min_tier=min_tier,
+        max_cost_nano=usd_to_nano(max_cost) if max_cost >= 0 else None,
+        fallback_allowed=fallback_allowed,
+    )
+
+
+def _budget(t: Table | None) -> BudgetConfig | None:
+    if t is None:
+        return None
+    limit = t.number("monthly_limit_usd", 100.0, 0.0)
+    soft = t.number("soft_limit_percent", 75.0, 0.0, 100.0)
+    action = t.choice("hard_limit_action", "warn", HARD_LIMIT_ACTIONS)
+    interval = t.duration("reconciliation_interval_secs", 60.0)
+    require_tenant = t.boolean("require_tenant", False)
+    tenants: dict[str, int] = {}
+    tenant_table = t.table("tenants")
+    if tenant_table is not None:
+        for name, value, path in tenant_table.entries():
+            if not name.strip():
+                t.issues.add(path, "a tenant name must not be empty")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                t.issues.add(path, f"expected a monthly limit in USD (number), got {type_name(value)}")
+            elif not 0 <= value < float("inf"):
+                t.issues.add(path, f"{value} is out of range (must be a finite number, at least 0)")
+            else:
+                tenants[name] = usd_to_nano(float(value))
+    t.finish()
+    return BudgetConfig(
+        monthly_limit_nano=usd_to_nano(limit),
+        soft_limit_percent=soft,
+        hard_limit_action=action,
+        reconciliation_interval_secs=interval,
+        require_tenant=require_tenant,
+        tenants=tenants,
+    )
+
+
+def price(t: Table, ctx: Context) -> Price | None:
+    """`input_per_1k` and `output_per_1k`, both required (checked in phase 3), exact in nano-USD."""
+    keys = ("input_per_1k", "output_per_1k")
+    present = [key for key in keys if t.has(key)]
+    values = {key: t.number(key, 0.0, 0.0) for key in keys}
+    t.finish()
+    if len(present) != len(keys):
+        missing = " and ".join(key for key in keys if key not in present)
+        ctx.deferred.add(t.path, f"a price needs both input_per_1k and output_per_1k; {missing} is missing")
+        return None
+    nanos: dict[str, int] = {}
+    for key in keys:
+        try:
+            nanos[key] = per_1k_to_nano_per_token(values[key])
+        except PriceError as exc:
+            ctx.deferred.add(t.at(key), str(exc))
+    if len(nanos) != len(keys):
+        return None
+    return Price(nanos["input_per_1k"], nanos["output_per_1k"])
+
+
+def pricing(t: Table | None, ctx: Context) -> tuple[dict[str, Price], Price | None]:
+    """`[pricing."<model>"]` entries and `[pricing.default]`."""
+    table: dict[str, Price] = {}
+    default: Price | None = None
+    if t is None:
+        return table, None
+    for model, value, quoted_path in t.entries():
+        is_default = model == "default"
+        path = t.at(model) if is_default else quoted_path
+        if not isinstance(value, dict):
+            t.issues.add(path, f"expected a table, got {type_name(value)}")
+            continue
+        sub = Table(value, path, "pricing.default" if is_default else "pricing.*", t.issues)
+        entry = price(sub, ctx)
+        if entry is None:
+            ctx.bad_price_models.add(model)
+        elif is_default:
+            default = entry
+        else:
+            table[model] = entry
+    return table, default

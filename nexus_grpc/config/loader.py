@@ -1,0 +1,112 @@
+"""The strict, phased configuration loader (SPEC §3).
+
+Phase 1 parses the TOML; phase 2 checks every key's type and range (unknown keys included);
+phase 3 checks references between sections. Each phase reports every problem it finds, each
+naming the file, the key path and the problem; the next phase runs only when this one found none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+from nexus_grpc.config import _backends, _checks, _routing, _sections
+from nexus_grpc.config._reader import Context, Issues, Table
+from nexus_grpc.config.errors import ConfigError, ConfigIssue
+from nexus_grpc.config.schema import Config
+from nexus_grpc.domain.money import BUILTIN_PRICES
+
+__all__ = ["ConfigError", "ConfigIssue", "check_config", "load_config", "load_config_text"]
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_SECTIONS = (
+    "server",
+    "routing",
+    "ledger",
+    "quality",
+    "queue",
+    "health_check",
+    "envoy",
+    "telemetry",
+    "limits",
+    "backends",
+    "pricing",
+)
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a config file; relative paths in it are relative to its directory."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(source, "(file)", f"cannot read: {exc.strerror or exc}")]) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(source, "(file)", f"not UTF-8 text: {exc}")]) from exc
+    return _load(text, data, source, Path(path).absolute().parent)
+
+
+def load_config_text(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    """Validate TOML text; `source` names it in messages, `base_dir` anchors relative paths."""
+    return _load(text, text.encode("utf-8"), source, base_dir)
+
+
+def check_config(path: str | Path) -> tuple[Config | None, list[str], list[str]]:
+    """What `nexus-grpc check-config FILE` prints: (config or None, errors, warnings)."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return None, [str(issue) for issue in exc.issues], []
+    return config, [], list(config.warnings)
+
+
+def _load(text: str, data: bytes, source: str, base_dir: Path | None) -> Config:
+    document = _parse(text, source)
+    ctx = Context(issues=Issues(source), deferred=Issues(source), base_dir=base_dir)
+    config = _build(Table(document, "", "", ctx.issues), ctx, source, data)
+    if ctx.issues:
+        raise ConfigError(ctx.issues.items)
+    _checks.cross_references(config, ctx)
+    if ctx.issues:
+        raise ConfigError(ctx.issues.items)
+    return config
+
+
+def _parse(text: str, source: str) -> dict[str, object]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        position = _TOML_POSITION.search(message)
+        where = f"line {position[1]}, column {position[2]}" if position else "(syntax)"
+        problem = _TOML_POSITION.sub("", message) if position else message
+        raise ConfigError([ConfigIssue(source, where, f"TOML syntax error: {problem}")]) from exc
+
+
+def _build(root: Table, ctx: Context, source: str, data: bytes) -> Config:
+    tables = {name: root.table(name) for name in _SECTIONS if name not in ("backends", "pricing")}
+    backend_tables = root.tables("backends")
+    price_table, default_price = _routing.pricing(root.table("pricing"), ctx)
+    root.finish()
+    config = Config(
+        server=_sections.server(tables["server"], ctx),
+        routing=_routing.routing(tables["routing"], ctx),
+        ledger=_sections.ledger(tables["ledger"], ctx),
+        quality=_sections.quality(tables["quality"]),
+        queue=_sections.queue(tables["queue"]),
+        health_check=_sections.health_check(tables["health_check"]),
+        envoy=_sections.envoy(tables["envoy"]),
+        telemetry=_sections.telemetry(tables["telemetry"], ctx),
+        limits=_sections.limits(tables["limits"]),
+        backends=_backends.backends(backend_tables, ctx),
+        pricing={**BUILTIN_PRICES, **price_table},
+        default_price=default_price,
+        source=source,
+        version=hashlib.sha256(data).hexdigest()[:12],
+    )
+    return replace(config, warnings=_checks.warnings(config, source))

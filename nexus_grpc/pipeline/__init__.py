@@ -1,0 +1,1 @@
+"""The executor, the Reconciler protocol, the intent and the snapshot stages read."""

@@ -1,0 +1,228 @@
+"""The executor: runs the stages for the primary model and its fallbacks and turns the final
+state into Route, Queue or Reject — in one place, `_verdict`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nexus_grpc.domain.decision import (
+    CostEstimate,
+    Decision,
+    Exclusion,
+    Queue,
+    Reject,
+    Route,
+    StageTrace,
+    Verdict,
+    summary_text,
+)
+from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, RejectCode
+from nexus_grpc.domain.request import DecisionRequest
+from nexus_grpc.ledger.base import next_month_start
+from nexus_grpc.pipeline.budget import request_views, scopes_for
+from nexus_grpc.pipeline.intent import Intent, Reconciler
+from nexus_grpc.pipeline.snapshot import Snapshot
+
+MAX_EXCLUSIONS = 50
+
+
+@dataclass(slots=True)
+class _Run:
+    intent: Intent
+    failed_closed: bool
+    traces: list[StageTrace]
+    wait_ms: int | None  # queue wait when some compliant backend was only LOADING/SATURATED
+    wait_backend: str
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Reconciler]) -> None:
+        self.stages = tuple(stages)
+        self.stage_names = tuple(s.name for s in self.stages)
+        # aggregated per-stage time (ns) and runs, read by telemetry at scrape time
+        self.stage_ns = dict.fromkeys(self.stage_names, 0)
+        self.stage_runs = dict.fromkeys(self.stage_names, 0)
+
+    def decide(self, request: DecisionRequest, snap: Snapshot, *, trace: bool = False) -> Decision:
+        primary = self._run(Intent(request, request.model, trace=trace), snap)
+        runs = [primary]
+        routed = primary if primary.intent.winner is not None else None
+        fallbacks_tried = False
+        if routed is None and not primary.failed_closed and primary.intent.policy.fallback_allowed:
+            for model in snap.fleet.config.routing.fallbacks.get(primary.intent.model, ()):
+                fallbacks_tried = True
+                run = self._run(
+                    Intent(request, model, primary_policy=primary.intent.policy, trace=trace), snap
+                )
+                runs.append(run)
+                if run.intent.winner is not None:
+                    routed = run
+                    break
+        exclusions = tuple(e for r in runs for e in r.intent.exclusions)
+        verdict, basis = self._verdict(request, snap, runs, routed, fallbacks_tried, exclusions)
+        _, applied = request_views(snap, request.tenant)
+        return Decision(
+            request_id=request.request_id,
+            requested_model=request.model,
+            resolved_model=primary.intent.model,
+            verdict=verdict,
+            cost_estimate=self._estimate(request, verdict, basis, primary.intent),
+            budget=applied,
+            exclusions=exclusions,
+            scopes=scopes_for(request.tenant),
+            stages=tuple(t for r in runs for t in r.traces),
+            scores=tuple(s for r in runs for s in r.intent.scores),
+        )
+
+    def _run(self, intent: Intent, snap: Snapshot) -> _Run:
+        traces: list[StageTrace] = []
+        failed_closed = False
+        clock = time.perf_counter_ns
+        for stage in self.stages:
+            before = len(intent.candidates)
+            first_exclusion = len(intent.exclusions)
+            notes_before = dict(intent.notes) if intent.trace else None
+            t0 = clock()
+            try:
+                stage.reconcile(intent, snap)
+            except Exception as exc:  # a stage fault must never escape as a crash
+                if stage.fail_open:
+                    intent.notes[f"{stage.name}.fault"] = type(exc).__name__
+                else:
+                    self._fail_closed(intent, stage.name, exc)
+                    failed_closed = True
+            elapsed = clock() - t0
+            self.stage_ns[stage.name] += elapsed
+            self.stage_runs[stage.name] += 1
+            if intent.trace:
+                new_notes = {k: v for k, v in intent.notes.items() if notes_before.get(k) != v}  # type: ignore[union-attr]
+                traces.append(
+                    StageTrace(
+                        intent.model,
+                        stage.name,
+                        elapsed // 1000,
+                        before,
+                        len(intent.candidates),
+                        tuple(intent.exclusions[first_exclusion:]),
+                        new_notes,
+                    )
+                )
+            if failed_closed:
+                break
+        wait, wait_backend = self._queue_wait(intent, snap)
+        return _Run(intent, failed_closed, traces, wait, wait_backend)
+
+    @staticmethod
+    def _fail_closed(intent: Intent, stage: str, exc: Exception) -> None:
+        for c in intent.candidates:
+            intent.exclude(
+                stage,
+                c,
+                ExclusionCode.INTERNAL_ERROR,
+                f"{stage} failed ({type(exc).__name__}); failing closed",
+                "check the server log for this request id and report the fault",
+            )
+        intent.candidates = []
+        intent.winner = None
+
+    @staticmethod
+    def _queue_wait(intent: Intent, snap: Snapshot) -> tuple[int | None, str]:
+        if intent.winner is not None:
+            return None, ""
+        max_wait = snap.fleet.config.queue.max_wait_ms
+        best: int | None = None
+        best_id = ""
+        for e in intent.exclusions:
+            if e.code not in (ExclusionCode.LOADING, ExclusionCode.SATURATED) or e.model != intent.model:
+                continue
+            live = next((c.live for c in intent.initial if c.id == e.backend_id), None)
+            if live is None:
+                continue
+            if e.code == ExclusionCode.LOADING:
+                wait = live.loading_eta_ms(snap.now) if live.status == BackendStatus.LOADING else 0
+            else:
+                wait = int(live.latency_ema_ms)
+            wait = min(max(wait or max_wait, 1), max_wait)
+            if best is None or wait < best:
+                best, best_id = wait, e.backend_id
+        return best, best_id
+
+    def _verdict(
+        self,
+        request: DecisionRequest,
+        snap: Snapshot,
+        runs: list[_Run],
+        routed: _Run | None,
+        fallbacks_tried: bool,
+        exclusions: tuple[Exclusion, ...],
+    ) -> tuple[Verdict, _Run]:
+        primary = runs[0]
+        if routed is not None:
+            it = routed.intent
+            winner = it.winner
+            assert winner is not None
+            fallback = routed is not primary
+            return (
+                Route(
+                    backend_id=winner.id,
+                    url=winner.backend.url,
+                    backend_type=winner.backend.type,
+                    privacy_zone=winner.zone,
+                    model=it.model,
+                    reason=f"fallback:{it.model}:{it.reason}" if fallback else it.reason,
+                    score=it.score,
+                    fallback_used=fallback,
+                    alternates=it.alternates,
+                ),
+                routed,
+            )
+        queue_cfg = snap.fleet.config.queue
+        waiting = primary if primary.wait_ms is not None else None
+        if waiting is None and len(runs) > 1 and runs[1].wait_ms is not None:
+            waiting = runs[1]
+        if waiting is not None and queue_cfg.enabled and waiting.wait_ms is not None:
+            wait = waiting.wait_ms
+            if wait <= queue_cfg.max_wait_ms and not primary.failed_closed:
+                reason = f"waiting_for:{waiting.wait_backend}:{waiting.intent.model}"
+                return Queue(waiting.intent.model, reason, wait, wait), waiting
+        summary = summary_text(exclusions, self.stage_names)
+        if all(not r.intent.initial for r in runs):
+            models = ", ".join(snap.fleet.served_models) or "none"
+            message = (
+                f"Request rejected: no backend serves model '{request.model}'"
+                f"{_resolved_note(primary.intent)}; available models: {models}"
+            )
+            return Reject(RejectCode.MODEL_NOT_FOUND, message), primary
+        message = f"Request rejected: {summary}"
+        if primary.intent.budget_emptied:
+            retry = max(1, int((next_month_start(snap.wall) - snap.wall) * 1000))
+            return Reject(RejectCode.BUDGET_EXHAUSTED, message, retry), primary
+        if fallbacks_tried:
+            return Reject(RejectCode.FALLBACK_EXHAUSTED, message), primary
+        retry = waiting.wait_ms if waiting is not None and waiting.wait_ms is not None else 0
+        return Reject(RejectCode.NO_ELIGIBLE_BACKEND, message, retry), primary
+
+    @staticmethod
+    def _estimate(request: DecisionRequest, verdict: Verdict, basis: _Run, primary: Intent) -> CostEstimate:
+        tokens_in, tokens_out = request.estimated_input_tokens, request.output_tokens
+        if isinstance(verdict, Route):
+            winner = basis.intent.winner
+            cost = winner.price.cost(tokens_in, tokens_out) if winner is not None else 0
+        elif isinstance(verdict, Queue):
+            waited = next((c for c in basis.intent.initial if c.id == basis.wait_backend), None)
+            cost = waited.price.cost(tokens_in, tokens_out) if waited is not None else 0
+        else:
+            cost = max((c.price.cost(tokens_in, tokens_out) for c in primary.initial), default=0)
+        return CostEstimate(tokens_in, tokens_out, cost)
+
+
+def _resolved_note(intent: Intent) -> str:
+    return f" (resolved to '{intent.model}')" if intent.model != intent.requested else ""
+
+
+def cap_exclusions(exclusions: tuple[Exclusion, ...], explain: bool) -> tuple[tuple[Exclusion, ...], int]:
+    if explain or len(exclusions) <= MAX_EXCLUSIONS:
+        return exclusions, 0
+    return exclusions[:MAX_EXCLUSIONS], len(exclusions) - MAX_EXCLUSIONS

@@ -1,0 +1,1 @@
+"""Thin adapters: wire (nexus.v1, Envoy) <-> domain, nothing else."""

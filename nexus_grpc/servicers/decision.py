@@ -1,0 +1,53 @@
+"""nexus.v1.DecisionService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
+from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
+from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.servicers.common import rpc
+from nexus_grpc.servicers.convert import (
+    budget_to_proto,
+    decision_to_proto,
+    explain_to_proto,
+    outcome_from_proto,
+    request_from_proto,
+)
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class DecisionServicer(dgrpc.DecisionServiceServicer):
+    def __init__(self, engine: DecisionEngine) -> None:
+        self.engine = engine
+
+    def _require_tenant(self) -> bool:
+        budget = self.engine.config.routing.budget
+        return budget is not None and budget.require_tenant
+
+    @rpc
+    async def Decide(self, request: dpb.DecideRequest, context: Ctx) -> dpb.DecideResponse:
+        req = request_from_proto(request, self.engine.config.limits, require_tenant=self._require_tenant())
+        return decision_to_proto(await self.engine.decide(req))
+
+    @rpc
+    async def Explain(self, request: dpb.ExplainRequest, context: Ctx) -> dpb.ExplainResponse:
+        req = request_from_proto(request, self.engine.config.limits, require_tenant=self._require_tenant())
+        return explain_to_proto(self.engine.explain(req))
+
+    @rpc
+    async def ReportOutcome(
+        self, request: dpb.ReportOutcomeRequest, context: Ctx
+    ) -> dpb.ReportOutcomeResponse:
+        outcome = outcome_from_proto(request, self.engine.config.limits)
+        result = await self.engine.report_outcome(outcome)
+        return dpb.ReportOutcomeResponse(
+            recorded=result.settle.recorded,
+            cost_usd=result.settle.charged_nano / 1e9,
+            estimated=result.settle.estimated,
+            budget=budget_to_proto(result.budget),
+        )

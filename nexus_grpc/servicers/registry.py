@@ -1,0 +1,84 @@
+"""nexus.v1.RegistryService (mutations are admin RPCs, gated by the interceptor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
+from nexus_grpc._gen.nexus.v1 import registry_pb2_grpc as rgrpc
+from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
+from nexus_grpc.domain.enums import BackendStatus
+from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.servicers.common import NotFound, rpc
+from nexus_grpc.servicers.convert import InvalidArgument, backend_from_proto, backend_to_proto
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class RegistryServicer(rgrpc.RegistryServiceServicer):
+    def __init__(self, engine: DecisionEngine) -> None:
+        self.engine = engine
+
+    def _proto(self, backend_id: str) -> tpb.Backend:
+        found = self.engine.registry.get(backend_id)
+        if found is None:
+            raise NotFound(f"backend_id: no backend {backend_id!r}")
+        return backend_to_proto(found[0], found[1], self.engine.clock())
+
+    @rpc
+    async def ListBackends(self, request: rpb.ListBackendsRequest, context: Ctx) -> rpb.ListBackendsResponse:
+        fleet = self.engine.registry.fleet
+        return rpb.ListBackendsResponse(backends=[self._proto(b.id) for b in fleet.backends])
+
+    @rpc
+    async def GetBackend(self, request: rpb.GetBackendRequest, context: Ctx) -> rpb.GetBackendResponse:
+        return rpb.GetBackendResponse(backend=self._proto(request.backend_id))
+
+    @rpc
+    async def UpsertBackend(
+        self, request: rpb.UpsertBackendRequest, context: Ctx
+    ) -> rpb.UpsertBackendResponse:
+        if not request.HasField("backend"):
+            raise InvalidArgument("backend", "is required")
+        backend = backend_from_proto(request.backend, self.engine.config)
+        self.engine.registry.upsert(backend)
+        self.engine.watch.notify()
+        return rpb.UpsertBackendResponse(backend=self._proto(backend.id))
+
+    @rpc
+    async def RemoveBackend(
+        self, request: rpb.RemoveBackendRequest, context: Ctx
+    ) -> rpb.RemoveBackendResponse:
+        if not self.engine.registry.remove(request.backend_id):
+            raise NotFound(f"backend_id: no backend {request.backend_id!r}")
+        self.engine.watch.notify()
+        return rpb.RemoveBackendResponse()
+
+    @rpc
+    async def SetBackendState(
+        self, request: rpb.SetBackendStateRequest, context: Ctx
+    ) -> rpb.SetBackendStateResponse:
+        try:
+            status = BackendStatus(request.status)
+        except ValueError:
+            raise InvalidArgument("status", f"unknown enum number {request.status}") from None
+        if status == BackendStatus.UNSPECIFIED:
+            raise InvalidArgument("status", "must be set")
+        progress = request.loading_progress_percent if request.HasField("loading_progress_percent") else None
+        if progress is not None and progress > 100:
+            raise InvalidArgument("loading_progress_percent", f"{progress} is out of range 0..100")
+        if len(request.reason) > 1024:
+            raise InvalidArgument("reason", "at most 1024 characters")
+        live = self.engine.registry.set_state(
+            request.backend_id,
+            status,
+            eta_ms=request.loading_eta_ms if request.HasField("loading_eta_ms") else None,
+            progress=progress,
+            reason=request.reason,
+        )
+        if live is None:
+            raise NotFound(f"backend_id: no backend {request.backend_id!r}")
+        self.engine.watch.notify()
+        return rpb.SetBackendStateResponse(backend=self._proto(request.backend_id))

@@ -1,0 +1,1 @@
+"""The registry of backends with their live state; health probes."""
