@@ -38,6 +38,7 @@ def cross_references(config: Config, ctx: Context) -> None:
     _aliases(config, issues)
     _fallbacks(config, issues)
     _budget(config, ctx)
+    _not_supported_yet(config, issues)
     if config.ledger.kind == "memory" and config.server.workers > 1:
         issues.add(
             "ledger.kind",
@@ -49,6 +50,21 @@ def cross_references(config: Config, ctx: Context) -> None:
         for key, path in (("cert", tls.cert), ("key", tls.key), ("client_ca", tls.client_ca)):
             if path is not None and not path.is_file():
                 issues.add(f"server.tls.{key}", f"file not found: {path}")
+
+
+def _not_supported_yet(config: Config, issues: Issues) -> None:
+    """Settings this build parses but does not act on yet are refused, never silently ignored."""
+    enabled = {
+        "server.watch_config": config.server.watch_config,
+        "health_check.enabled": config.health_check.enabled,
+        "telemetry.prometheus_listen": bool(config.telemetry.prometheus_listen),
+        "telemetry.otlp_endpoint": bool(config.telemetry.otlp_endpoint),
+        "telemetry.trace_sample_ratio": config.telemetry.trace_sample_ratio > 0,
+        "telemetry.decision_log": bool(config.telemetry.decision_log),
+    }
+    for key, on in enabled.items():
+        if on:
+            issues.add(key, "not supported yet (leave it unset or at its default)")
 
 
 def _backends(config: Config, issues: Issues) -> None:
