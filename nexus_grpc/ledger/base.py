@@ -76,7 +76,7 @@ class Ledger(Protocol):
     async def close(self) -> None: ...
 
     def totals(self, scope: str, month: str) -> Totals | None:
-        """Cached totals (own changes included); None when the ledger was never readable."""
+        """Cached totals (own changes included); None when unknown: never read from the store."""
         ...
 
     def reservation(self, request_id: str) -> Reservation | None: ...
@@ -85,12 +85,17 @@ class Ledger(Protocol):
         """Hold `amount_nano` in every scope, replacing a reservation with the same request_id.
 
         With `limits` (scope -> limit in nano-USD), check-and-reserve atomically: refuse (return
-        False, reserve nothing) when spent + reserved + amount would cross a scope's limit.
+        False, reserve nothing) when spent + reserved + amount would cross a scope's limit. The
+        earlier reservation of the same request_id is dropped either way (it is being replaced).
         """
         ...
 
     async def release(self, request_id: str) -> None:
         """Drop a reservation (expired, or replaced by a re-decision)."""
+        ...
+
+    async def expire(self, now: float) -> list[str]:
+        """Release every reservation whose `expires_at` <= `now`; return their request_ids."""
         ...
 
     async def settle(

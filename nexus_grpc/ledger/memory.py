@@ -64,6 +64,12 @@ class MemoryLedger:
     async def release(self, request_id: str) -> None:
         self._drop(request_id)
 
+    async def expire(self, now: float) -> list[str]:
+        expired = [rid for rid, r in self._reservations.items() if r.expires_at <= now]
+        for rid in expired:
+            self._drop(rid)
+        return expired
+
     def _drop(self, request_id: str) -> None:
         old = self._reservations.pop(request_id, None)
         if old is None:

@@ -1,0 +1,232 @@
+"""SqliteLedger: durability across restarts and kill -9, processes sharing one file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of, previous_month
+from nexus_grpc.ledger.factory import make_ledger
+from nexus_grpc.ledger.memory import MemoryLedger
+from nexus_grpc.ledger.redis import RedisLedger
+from nexus_grpc.ledger.sqlite import SqliteLedger
+
+MONTH = month_of(time.time())
+G, T = "global", "tenant-a"
+
+
+def res(rid: str, amount: int, ttl: float = 300) -> Reservation:
+    return Reservation(rid, (G, T), amount, MONTH, time.time() + ttl)
+
+
+def test_factory_builds_each_kind(tmp_path: Path) -> None:
+    path, url = tmp_path / "l.db", "redis://127.0.0.1:1/0"
+    assert isinstance(make_ledger("memory", path=path, url=url), MemoryLedger)
+    assert isinstance(make_ledger("sqlite", path=path, url=url), SqliteLedger)
+    assert isinstance(make_ledger("redis", path=path, url=url), RedisLedger)
+    try:
+        make_ledger("etcd", path=path, url=url)
+    except ValueError as exc:
+        assert "etcd" in str(exc)
+    else:
+        raise AssertionError("unknown kind accepted")
+
+
+def test_restart_keeps_spend_reservations_and_idempotency(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+
+    async def first() -> None:
+        ledger = SqliteLedger(path)
+        await ledger.start()
+        assert await ledger.reserve(res("open", 40, ttl=10))
+        assert await ledger.reserve(res("done", 30))
+        assert await ledger.settle("done", [G, T], 25, MONTH, estimated=True) == SettleResult(True, 25, True)
+        await ledger.settle("prov", [G], 5, MONTH, estimated=True, provisional=True)
+        await ledger.close()
+
+    async def second() -> None:
+        ledger = SqliteLedger(path)
+        await ledger.start()
+        assert ledger.totals(G, MONTH) == Totals(30, 40)
+        assert ledger.totals(T, MONTH) == Totals(25, 40)
+        assert ledger.reservation("open") is not None
+        assert await ledger.settle("done", [G, T], 99, MONTH, estimated=False) == SettleResult(
+            False, 25, True
+        )
+        assert await ledger.settle("prov", [G], 8, MONTH, estimated=False) == SettleResult(True, 8, False)
+        assert await ledger.expire(time.time() + 60) == ["open"]
+        assert ledger.totals(G, MONTH) == Totals(33, 0)
+        await ledger.close()
+
+    asyncio.run(first())
+    asyncio.run(second())
+
+
+def test_idempotency_keys_older_than_last_month_are_pruned_on_start(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    last = previous_month(MONTH)
+
+    async def seed() -> None:
+        ledger = SqliteLedger(path)
+        await ledger.start()
+        await ledger.settle("recent", [G], 1, MONTH, estimated=False)
+        await ledger.settle("ancient", [G], 1, MONTH, estimated=False)
+        await ledger.settle("last", [G], 1, MONTH, estimated=False)
+        await ledger.close()
+
+    asyncio.run(seed())
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE ledger_charges SET created_month = '2001-01' WHERE request_id = 'ancient'")
+        conn.execute("UPDATE ledger_charges SET created_month = ? WHERE request_id = 'last'", (last,))
+
+    async def restart() -> None:
+        ledger = SqliteLedger(path)
+        await ledger.start()  # prunes
+        assert await ledger.settle("recent", [G], 5, MONTH, estimated=False) == SettleResult(False, 1, False)
+        await ledger.close()
+
+    asyncio.run(restart())
+    with sqlite3.connect(path) as conn:
+        kept = {row[0] for row in conn.execute("SELECT request_id FROM ledger_charges")}
+    assert kept == {"recent", "last"}
+
+
+def test_two_instances_on_one_file_see_each_other_after_refresh(tmp_path: Path) -> None:
+    async def body() -> None:
+        a, b = SqliteLedger(tmp_path / "shared.db"), SqliteLedger(tmp_path / "shared.db")
+        await a.start()
+        await b.start()
+        try:
+            await a.settle("x", [G, T], 700, MONTH, estimated=False)
+            assert await a.reserve(res("ra", 200))
+            assert b.totals(G, MONTH) == Totals(0, 0)  # cached until refresh
+            await b.refresh()
+            assert b.totals(G, MONTH) == Totals(700, 200)
+            assert b.reservation("ra") is not None
+            # check-and-reserve reads the file under its write lock, whatever the cache says
+            await a.settle("y", [G], 50, MONTH, estimated=False)
+            assert not await b.reserve(res("rb", 100), {G: 1000})
+            assert b.totals(G, MONTH) == Totals(750, 200)
+            # a settle in b of a's request drops a's reservation and never charges twice
+            assert await b.settle("ra", [G, T], 180, MONTH, estimated=False) == SettleResult(True, 180, False)
+            assert await a.settle("ra", [G, T], 180, MONTH, estimated=False) == SettleResult(
+                False, 180, False
+            )
+            await a.refresh()
+            assert a.totals(G, MONTH) == Totals(930, 0)
+            assert a.reservation("ra") is None
+            await asyncio.gather(*(ab.settle("z", [G], 1, MONTH, estimated=False) for ab in (a, b, a, b)))
+            assert await b.get(G, MONTH) == Totals(931, 0)
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(body())
+
+
+def test_the_event_loop_keeps_running_during_writes(tmp_path: Path) -> None:
+    async def body() -> None:
+        ledger = SqliteLedger(tmp_path / "ledger.db")
+        await ledger.start()
+        ticks = 0
+        loop_thread = threading.get_ident()
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        results = await asyncio.gather(
+            *(ledger.settle(f"r{i}", [G], 1, MONTH, estimated=False) for i in range(50))
+        )
+        done.set()
+        await task
+        assert all(r.recorded for r in results)
+        assert ticks > 50  # the loop ran other work while the commits were on the sqlite thread
+        assert ledger.totals(G, MONTH) == Totals(50, 0)
+        assert threading.get_ident() == loop_thread
+        await ledger.close()
+
+    asyncio.run(body())
+
+
+def test_a_cancelled_caller_does_not_undo_a_settle(tmp_path: Path) -> None:
+    async def body() -> None:
+        ledger = SqliteLedger(tmp_path / "ledger.db")
+        await ledger.start()
+        assert await ledger.reserve(res("r", 5))
+        task = asyncio.create_task(ledger.settle("r", [G, T], 9, MONTH, estimated=False))
+        await asyncio.sleep(0)  # the commit is under way on the sqlite thread
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for _ in range(500):  # the write finishes and still updates the cache
+            if ledger.totals(G, MONTH) == Totals(9, 0):
+                break
+            await asyncio.sleep(0.01)
+        assert ledger.totals(G, MONTH) == Totals(9, 0)
+        assert ledger.reservation("r") is None
+        assert await ledger.settle("r", [G], 1, MONTH, estimated=True) == SettleResult(False, 9, False)
+        await ledger.close()
+
+    asyncio.run(body())
+
+
+_WRITER = """
+import asyncio, sys, time
+from pathlib import Path
+from nexus_grpc.ledger.sqlite import SqliteLedger
+
+async def main():
+    ledger = SqliteLedger(Path(sys.argv[1]))
+    await ledger.start()
+    i = 0
+    while True:
+        await ledger.settle(f"req-{i}", ["global", "tenant-a"], 1000 + i, sys.argv[2], estimated=False)
+        print(i, flush=True)
+        i += 1
+
+asyncio.run(main())
+"""
+
+
+def test_every_acknowledged_settle_survives_kill_9_exactly_once(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), MONTH], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    acked = -1
+    for line in proc.stdout:
+        acked = int(line)
+        if acked >= 40:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+    async def after() -> None:
+        ledger = SqliteLedger(path)
+        await ledger.start()
+        totals = ledger.totals(G, MONTH)
+        assert totals is not None
+        # every acknowledged charge is there once; at most the one in flight got committed too
+        charged = sum(1000 + i for i in range(acked + 1))
+        assert totals.spent_nano in (charged, charged + 1000 + acked + 1)
+        for i in range(acked + 1):
+            again = await ledger.settle(f"req-{i}", [G, T], 1, MONTH, estimated=True)
+            assert again == SettleResult(False, 1000 + i, False)
+        assert ledger.totals(T, MONTH) == totals
+        await ledger.close()
+
+    asyncio.run(after())
