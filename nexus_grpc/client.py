@@ -146,7 +146,9 @@ def render_explain(resp: dpb.ExplainResponse) -> str:
 
 def query(args: argparse.Namespace, *, explain: bool) -> int:
     request = build_request(args)
-    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    metadata: tuple[tuple[str, str | bytes], ...] | None = (
+        (("authorization", f"Bearer {args.token}"),) if args.token else None
+    )
     with grpc.insecure_channel(args.target) as channel:
         stub = dgrpc.DecisionServiceStub(channel)
         try:
