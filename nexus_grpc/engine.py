@@ -127,14 +127,17 @@ class DecisionEngine:
     async def decide(self, request: DecisionRequest, *, take_slot: bool = True) -> Decision:
         """Decide and apply the Route's side effects. `take_slot=False` (ext_authz) reserves
         nothing and takes no slot; the caller charges the estimate at once."""
+        # a second Decide with the same request_id replaces the first one's slot and reservation
+        replaced = self._release_flight(request.request_id) if take_slot else None
         for _ in range(MAX_REDECIDE):
             decision = self.pipeline.decide(request, self.snapshot())
             route = decision.route
             if route is None or not take_slot:
                 if route is not None:
                     self._advance(decision)
+                if replaced is not None:
+                    await self.ledger.release(request.request_id)
                 return decision
-            self._release_flight(request.request_id)
             cost = decision.cost_estimate.cost_nano
             flight = Flight(
                 request.request_id,

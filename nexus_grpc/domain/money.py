@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -23,6 +24,8 @@ def nano_to_usd(nano: int) -> float:
 
 def per_1k_to_nano_per_token(usd_per_1k: float) -> int:
     """USD per 1K tokens -> exact nano-USD per token; finer prices are refused."""
+    if not math.isfinite(usd_per_1k):
+        raise PriceError(f"not a finite price: {usd_per_1k!r}")
     try:
         value = Decimal(repr(float(usd_per_1k))) * 1_000_000
     except (InvalidOperation, ValueError) as exc:  # pragma: no cover - float() already validated

@@ -141,10 +141,11 @@ class Pipeline:
             if live is None:
                 continue
             if e.code == ExclusionCode.LOADING:
-                wait = live.loading_eta_ms(snap.now) if live.status == BackendStatus.LOADING else 0
+                raw = float(live.loading_eta_ms(snap.now)) if live.status == BackendStatus.LOADING else 0.0
             else:
-                wait = int(live.latency_ema_ms)
-            wait = min(max(wait or max_wait, 1), max_wait)
+                raw = live.latency_ema_ms
+            # unknown (0) waits the longest; a known wait is clamped to [1, max_wait_ms]
+            wait = max_wait if raw <= 0 else min(max(int(raw), 1), max_wait)
             if best is None or wait < best:
                 best, best_id = wait, e.backend_id
         return best, best_id
