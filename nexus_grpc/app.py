@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ from nexus_grpc._gen.nexus.v1 import (
 )
 from nexus_grpc.config.demo import DEMO_LOADING_BACKEND, DEMO_SEED_SPEND_USD, demo_config
 from nexus_grpc.config.loader import load_config
-from nexus_grpc.config.schema import Config
+from nexus_grpc.config.schema import Config, TlsConfig
 from nexus_grpc.domain.enums import BackendStatus
 from nexus_grpc.domain.money import usd_to_nano
 from nexus_grpc.engine import DecisionEngine
@@ -44,6 +43,7 @@ from nexus_grpc.reconcilers import default_stages
 from nexus_grpc.servicers.admin import AdminServicer, GateInterceptor
 from nexus_grpc.servicers.budget import BudgetServicer
 from nexus_grpc.servicers.decision import DecisionServicer
+from nexus_grpc.servicers.envoy import add_envoy_servicers
 from nexus_grpc.servicers.registry import RegistryServicer
 from nexus_grpc.state.registry import Registry
 
@@ -55,10 +55,6 @@ SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
-LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1", "unix:")
-# Extra servicers (e.g. the Envoy adapters) register here: (add_to_server, service name).
-ServicerHook = Callable[["Runtime", grpc.aio.Server], tuple[str, ...]]
-EXTRA_SERVICERS: list[ServicerHook] = []
 
 
 def make_ledger(config: Config) -> Ledger:
@@ -102,7 +98,10 @@ class Runtime:
 
     @property
     def loopback_only(self) -> bool:
-        return self.listen.startswith(LOOPBACK_HOSTS)
+        if self.listen.startswith("unix:"):
+            return True
+        host = self.listen.rsplit(":", 1)[0].strip("[]")
+        return host in ("localhost", "::1") or host.startswith("127.")
 
     def admin_token(self) -> str:
         env = self.config.server.admin_token_env
@@ -159,8 +158,7 @@ class Runtime:
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(self.engine), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
         names = list(SERVICE_NAMES)
-        for hook in EXTRA_SERVICERS:
-            names.extend(hook(self, server))
+        names.extend(add_envoy_servicers(self, server))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
@@ -177,6 +175,18 @@ class Runtime:
 
     def _bind(self, server: grpc.aio.Server, listen: str) -> int:
         tls = self.config.server.tls
+        try:
+            port = self._add_port(server, listen, tls)
+        except RuntimeError as exc:  # grpcio reports a failed bind this way
+            raise OSError(f"cannot listen on {listen} (address in use?)") from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {listen} (address in use?)")
+        if listen.endswith(":0"):
+            self.listen = listen[: -len("0")] + str(port)
+        return port
+
+    @staticmethod
+    def _add_port(server: grpc.aio.Server, listen: str, tls: TlsConfig | None) -> int:
         if tls is None:
             port = server.add_insecure_port(listen)
         else:
@@ -187,10 +197,6 @@ class Runtime:
                 require_client_auth=ca is not None,
             )
             port = server.add_secure_port(listen, creds)
-        if port == 0:
-            raise OSError(f"cannot listen on {listen} (address in use?)")
-        if listen.endswith(":0"):
-            self.listen = listen[: -len("0")] + str(port)
         return port
 
     async def _set_health(self, status: Any) -> None:

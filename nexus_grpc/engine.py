@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nexus_grpc.config.schema import Config
-from nexus_grpc.domain.decision import BudgetView, Decision
-from nexus_grpc.domain.enums import Priority, PrivacyZone
+from nexus_grpc.domain.decision import BudgetView, Decision, Reject
+from nexus_grpc.domain.enums import Priority, PrivacyZone, RejectCode
 from nexus_grpc.domain.money import usd_to_nano
 from nexus_grpc.domain.request import DecisionRequest, Outcome
 from nexus_grpc.ledger.base import Ledger, Reservation, SettleResult, month_of
@@ -24,6 +25,7 @@ from nexus_grpc.pipeline.snapshot import Snapshot
 from nexus_grpc.state.registry import Registry
 
 MAX_REDECIDE = 3
+MAX_EXPIRED_KEPT = 100_000  # expired flights remembered so a late report charges the right scopes
 
 
 @dataclass(slots=True)
@@ -100,6 +102,7 @@ class DecisionEngine:
         self.rng = rng or random.Random()
         self.rr: dict[str, int] = {}
         self.flights: dict[str, Flight] = {}
+        self.expired: OrderedDict[str, Flight] = OrderedDict()
         self.watch = StateWatch()
         self.outcomes_estimated = 0
 
@@ -128,15 +131,14 @@ class DecisionEngine:
         """Decide and apply the Route's side effects. `take_slot=False` (ext_authz) reserves
         nothing and takes no slot; the caller charges the estimate at once."""
         # a second Decide with the same request_id replaces the first one's slot and reservation
-        replaced = self._release_flight(request.request_id) if take_slot else None
+        if take_slot and self._release_flight(request.request_id) is not None:
+            await self.ledger.release(request.request_id)
         for _ in range(MAX_REDECIDE):
             decision = self.pipeline.decide(request, self.snapshot())
             route = decision.route
             if route is None or not take_slot:
                 if route is not None:
                     self._advance(decision)
-                if replaced is not None:
-                    await self.ledger.release(request.request_id)
                 return decision
             cost = decision.cost_estimate.cost_nano
             flight = Flight(
@@ -163,7 +165,16 @@ class DecisionEngine:
                 return decision
             # another replica's spend made this Route cross a blocking limit: decide again
             self._release_flight(request.request_id)
-        return decision
+        # the ledger kept refusing: never return a Route that holds no reservation
+        return replace(
+            decision,
+            verdict=Reject(
+                RejectCode.BUDGET_EXHAUSTED,
+                "Request rejected: the budget ledger refused the reservation "
+                f"{MAX_REDECIDE} times (concurrent spend on other replicas)",
+                1000,
+            ),
+        )
 
     def _limits(self, decision: Decision, zone: PrivacyZone) -> dict[str, int] | None:
         budget = self.config.routing.budget
@@ -201,7 +212,7 @@ class DecisionEngine:
         return flight
 
     async def report_outcome(self, outcome: Outcome) -> OutcomeResult:
-        flight = self._release_flight(outcome.request_id)
+        flight = self._release_flight(outcome.request_id) or self.expired.pop(outcome.request_id, None)
         scopes = flight.scopes if flight is not None else scopes_for(outcome.tenant)
         charge, estimated = self._charge(outcome, flight)
         wall = self.wall()
@@ -279,6 +290,10 @@ class DecisionEngine:
         now = self.clock()
         expired = [rid for rid, f in self.flights.items() if f.expires_at <= now]
         for rid in expired:
-            self._release_flight(rid)
+            flight = self._release_flight(rid)
+            if flight is not None:
+                self.expired[rid] = flight
+                if len(self.expired) > MAX_EXPIRED_KEPT:
+                    self.expired.popitem(last=False)
             await self.ledger.release(rid)
         return len(expired)

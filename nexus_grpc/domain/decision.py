@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
 
 from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode, PrivacyZone, RejectCode
 
@@ -50,10 +53,18 @@ def budget_status(used_nano: int, limit_nano: int, soft_percent: float) -> Budge
         return BudgetStatus.NORMAL
     if used_nano >= limit_nano:
         return BudgetStatus.HARD_LIMIT
-    # used*100 >= limit*soft  <=> used >= soft% of limit, without float rounding on the money side
-    if used_nano * 100 >= limit_nano * soft_percent:
+    # used >= soft% of limit, compared exactly (64.4 means 644/10, not the float nearest to it)
+    num, den = _exact(soft_percent)
+    if used_nano * 100 * den >= limit_nano * num:
         return BudgetStatus.SOFT_LIMIT
     return BudgetStatus.NORMAL
+
+
+@functools.lru_cache(maxsize=64)
+def _exact(value: float) -> tuple[int, int]:
+    """The decimal a config value was written as, as an exact fraction."""
+    f = Fraction(Decimal(repr(float(value))))
+    return f.numerator, f.denominator
 
 
 @dataclass(frozen=True, slots=True)

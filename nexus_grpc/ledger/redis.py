@@ -147,7 +147,7 @@ class RedisLedger:
         url: str,
         journal_path: Path,
         *,
-        op_timeout: float = 0.05,
+        op_timeout: float = 0.2,
         breaker_secs: float = 1.0,
         poll_secs: float = 0.05,
         prefix: str = "nexus:",
