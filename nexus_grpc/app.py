@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -48,6 +49,8 @@ from nexus_grpc.servicers.registry import RegistryServicer
 from nexus_grpc.state.registry import Registry
 
 log = logging.getLogger("nexus_grpc")
+# sections that need a restart; a reload reports a change to them and keeps the running values
+RESTART_SECTIONS = ("server", "ledger", "telemetry")
 
 SERVICE_NAMES = (
     decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
@@ -128,9 +131,11 @@ class Runtime:
             self.reload_failures += 1
             raise
         old = self.config
-        for section in ("server", "ledger", "telemetry"):
+        for section in RESTART_SECTIONS:
             if getattr(old, section) != getattr(config, section):
                 log.warning("config reload: [%s] changed; it applies after a restart", section)
+        # process settings stay as started; everything else applies now
+        config = dataclasses.replace(config, **{s: getattr(old, s) for s in RESTART_SECTIONS})
         self.registry.load(config)
         self.config_loaded_at = _iso_now()
         self.engine.watch.notify()

@@ -1,0 +1,117 @@
+"""grpc.health.v1 and the graceful stop of a running Runtime (SPEC §1.5, §7)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
+from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
+from nexus_grpc.testing.server import TestServer
+
+StubsOf = Callable[[TestServer], Any]
+ErrorOf = Callable[..., tuple[grpc.StatusCode, str]]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+NAMES = [
+    "",
+    "nexus.v1.DecisionService",
+    "nexus.v1.RegistryService",
+    "nexus.v1.BudgetService",
+    "nexus.v1.AdminService",
+]
+
+
+def status(s: Any, service: str) -> int:
+    return int(s.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+def test_serving_after_start(small: TestServer, stubs_of: StubsOf, error_of: ErrorOf) -> None:
+    s = stubs_of(small)
+    assert small.runtime.ready
+    for name in NAMES:
+        assert status(s, name) == SERVING, name
+    code, _ = error_of(s.health.Check, health_pb2.HealthCheckRequest(service="nexus.v1.NoSuchService"))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_not_serving_while_draining_then_unavailable(
+    small: TestServer, stubs_of: StubsOf, error_of: ErrorOf
+) -> None:
+    s = stubs_of(small)
+    assert s.decision.Decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "local"
+    started = time.monotonic()
+    stopping = small.begin_stop(drain_seconds=1.0, grace_seconds=1.0)
+    deadline = started + 0.8
+    while status(s, "") != NOT_SERVING:
+        assert time.monotonic() < deadline, "health still SERVING after the stop began"
+        time.sleep(0.01)
+    # still within the drain: health says NOT_SERVING, the server keeps answering
+    for name in NAMES:
+        assert status(s, name) == NOT_SERVING, name
+    assert s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5).draining
+    resp = s.decision.Decide(dpb.DecideRequest(model="primary"), timeout=5)
+    assert resp.route.backend_id == "p1"
+    assert not stopping.done()  # the drain lasts 1 s
+
+    stopping.result(timeout=10)
+    assert time.monotonic() - started >= 1.0
+    code, details = error_of(s.decision.Decide, dpb.DecideRequest(model="m"))
+    assert code == grpc.StatusCode.UNAVAILABLE, details
+    code, _ = error_of(s.decision.Explain, dpb.ExplainRequest(model="m"))
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_refusing_runtime_answers_unavailable(
+    small: TestServer, stubs_of: StubsOf, error_of: ErrorOf
+) -> None:
+    """The window between drain and stop: the gate refuses data-plane and admin RPCs."""
+    s = stubs_of(small)
+    small.runtime.refusing = True
+    try:
+        for method, request in [
+            (s.decision.Decide, dpb.DecideRequest(model="m")),
+            (
+                s.decision.ReportOutcome,
+                dpb.ReportOutcomeRequest(request_id="x", backend_id="y", success=True),
+            ),
+            (s.admin.GetServerInfo, apb.GetServerInfoRequest()),
+        ]:
+            code, details = error_of(method, request)
+            assert code == grpc.StatusCode.UNAVAILABLE, details
+    finally:
+        small.runtime.refusing = False
+    assert s.decision.Decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "local"
+
+
+def test_test_server_context_manager_stops_cleanly(small_toml: str) -> None:
+    with TestServer(config_text=small_toml) as server:
+        port = server.port
+        assert server.target == f"127.0.0.1:{port}"
+        assert server.running
+        grpc.channel_ready_future(server.channel).result(timeout=5)
+    assert not server.running
+    server.stop()  # idempotent
+    # the port is free again: another server can take it
+    with TestServer(config_text=small_toml, listen=f"127.0.0.1:{port}") as again:
+        assert again.port == port
+
+
+def test_second_server_on_a_taken_port_fails(small: TestServer, small_toml: str) -> None:
+    """SO_REUSEPORT is off for a single process: the clash is an error, not a silent share."""
+    clash = TestServer(config_text=small_toml, listen=small.target)
+    with pytest.raises((OSError, RuntimeError), match=str(small.port)):
+        clash.start()
+    clash.stop()
+    assert not clash.running
+    stubs = grpc.insecure_channel(small.target)
+    try:
+        health = health_pb2_grpc.HealthStub(stubs)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
+    finally:
+        stubs.close()
