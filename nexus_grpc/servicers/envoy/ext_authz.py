@@ -1,0 +1,96 @@
+"""envoy.service.auth.v3.Authorization: one Check per HTTP request (SPEC §6).
+
+ext_authz has no response phase, so a Route takes no in-flight slot and charges its estimate at
+once under its request id (a later ReportOutcome with that id, seen upstream in
+`x-nexus-request-id`, settles it). Queue cannot hold here: it answers 503 + retry-after."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2 as pb
+from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
+
+from nexus_grpc.domain.decision import Queue, Reject
+from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.servicers.envoy import responses
+from nexus_grpc.servicers.envoy.mapping import HeaderError, build_request, fields_from_headers
+
+log = logging.getLogger("nexus_grpc")
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Authorization"].full_name
+OVERWRITE: int = base_pb2.HeaderValueOption.HeaderAppendAction.Value("OVERWRITE_IF_EXISTS_OR_ADD")
+
+
+def header_option(name: str, value: str) -> Any:
+    """ext_authz applies `value` (string); the append action is explicit, or Envoy appends a
+    second copy of a header the client already sent."""
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value), append_action=OVERWRITE
+    )
+
+
+def request_headers(request: Any) -> dict[str, str]:
+    """CheckRequest headers (lower-cased by Envoy), from `headers` or, with `encode_raw_headers`,
+    from `header_map`."""
+    http = request.attributes.request.http
+    headers = {k.lower(): v for k, v in http.headers.items()}
+    for h in http.header_map.headers:
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        key = h.key.lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return headers
+
+
+def denied(reply: responses.Reply) -> Any:
+    return pb.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reply.details),
+        denied_response=pb.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=reply.status),
+            headers=[header_option(k, v) for k, v in reply.headers],
+            body=reply.body.decode(),
+        ),
+    )
+
+
+class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(self, engine: DecisionEngine) -> None:
+        self.engine = engine
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await self._check(request)
+        except Exception:
+            rid = request.attributes.request.http.headers.get("x-request-id", "-")
+            log.exception("ext_authz: internal error (request id %s)", rid)
+            return denied(responses.internal_error_reply(rid))
+
+    async def _check(self, request: Any) -> Any:
+        engine = self.engine
+        config = engine.config
+        try:
+            fields = fields_from_headers(request_headers(request), config.limits, adapter="envoy_ext_authz")
+            decide_request = build_request(fields, config)
+        except HeaderError as exc:
+            return denied(responses.bad_request_reply(exc))
+        decision = await engine.decide(decide_request, take_slot=False)
+        verdict = decision.verdict
+        if isinstance(verdict, Reject):
+            return denied(responses.reject_reply(engine, decision, verdict))
+        if isinstance(verdict, Queue):
+            return denied(responses.queue_reply(decision, verdict, held_ms=None))
+        await engine.charge_estimate(decision)
+        set_headers, remove = responses.route_headers(decision, verdict)
+        return pb.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=pb.OkHttpResponse(
+                headers=[header_option(k, v) for k, v in set_headers],
+                headers_to_remove=remove,
+                response_headers_to_add=[header_option("x-nexus-request-id", decision.request_id)],
+            ),
+        )

@@ -1,0 +1,285 @@
+"""Helpers for the Envoy tests, imported as `envoy_stack` by conftest.py and the tests.
+
+The stack: three small upstreams, nexus-grpc (a Runtime on its own loop in a thread)
+and the real Envoy on a shipped config from deploy/envoy/, all on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from nexus_grpc._gen.nexus.v1 import (
+    budget_pb2,
+    budget_pb2_grpc,
+    decision_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    types_pb2,
+)
+from nexus_grpc.app import Runtime, ServeOptions
+from nexus_grpc.config.loader import load_config_text
+from nexus_grpc.ledger.base import month_of
+from nexus_grpc.ledger.memory import MemoryLedger
+from nexus_grpc.pipeline.budget import GLOBAL
+from nexus_grpc.servicers.envoy import EnvoyStats, envoy_stats
+from nexus_grpc.testing.envoy import DEPLOY_DIR, EnvoyProcess, free_port
+from nexus_grpc.testing.upstream import UpstreamServer
+
+T = TypeVar("T")
+
+FLEET_TOML = """\
+[server]
+admin_token_env = "NEXUS_ENVOY_TEST_UNSET_TOKEN"
+
+[ledger]
+kind = "memory"
+
+[envoy]
+read_body = {read_body}
+read_response_usage = {read_response_usage}
+expose_reasons = "{expose_reasons}"
+
+[queue]
+max_wait_ms = {max_wait_ms}
+
+[routing]
+strategy = "priority_only"
+
+[routing.aliases]
+"gpt-4" = "llama3:70b"
+"reasoning" = "deepseek-r1:70b"
+
+[routing.fallbacks]
+"llama3:70b" = ["qwen2:72b"]
+
+[[routing.policies]]
+model_pattern = "gpt-4*"
+privacy = "restricted"
+
+[routing.budget]
+monthly_limit_usd = 100.0
+soft_limit_percent = 75.0
+hard_limit_action = "block_cloud"
+
+[pricing.default]
+input_per_1k = 0.001
+output_per_1k = 0.002
+
+[[backends]]
+id = "gpu-1"
+url = "{gpu1}"
+type = "ollama"
+tier = 3
+priority = 1
+[[backends.models]]
+id = "llama3:70b"
+tools = true
+json_mode = true
+[[backends.models]]
+id = "shared-7b"
+
+[[backends]]
+id = "gpu-2"
+url = "{gpu2}"
+type = "vllm"
+tier = 2
+priority = 10
+max_concurrency = {gpu2_concurrency}
+[[backends.models]]
+id = "qwen2:72b"
+[[backends.models]]
+id = "deepseek-r1:70b"
+
+[[backends]]
+id = "openai"
+url = "{cloud}"
+type = "openai"
+tier = 5
+priority = 60
+[[backends.models]]
+id = "gpt-4-turbo"
+vision = true
+tools = true
+json_mode = true
+[[backends.models]]
+id = "gpt-3.5-turbo"
+tools = true
+[[backends.models]]
+id = "shared-7b"
+vision = true
+"""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_request(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | str | None = None
+) -> Response:
+    """One request on its own connection (stdlib http.client)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+class NexusThread:
+    """A nexus-grpc Runtime serving on 127.0.0.1:0 from an event loop in a background thread."""
+
+    def __init__(self, toml: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="nexus-test-loop", daemon=True)
+        self.thread.start()
+        config = load_config_text(toml)
+
+        async def start() -> tuple[Runtime, int]:
+            runtime = Runtime(config)
+            return runtime, await runtime.start(ServeOptions(listen="127.0.0.1:0"))
+
+        self.runtime, self.port = self.call(start())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.budget = budget_pb2_grpc.BudgetServiceStub(self.channel)
+        self.decision = decision_pb2_grpc.DecisionServiceStub(self.channel)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def stats(self) -> EnvoyStats:
+        return envoy_stats(self.runtime.engine)
+
+    def spent(self, tenant: str = "") -> float:
+        return float(self.budget.GetBudget(budget_pb2.GetBudgetRequest(tenant=tenant)).budget.spent_usd)
+
+    def reserved(self, tenant: str = "") -> float:
+        return float(self.budget.GetBudget(budget_pb2.GetBudgetRequest(tenant=tenant)).budget.reserved_usd)
+
+    def backend(self, backend_id: str) -> Any:
+        return self.registry.GetBackend(registry_pb2.GetBackendRequest(backend_id=backend_id)).backend
+
+    def in_flight(self) -> dict[str, int]:
+        backends = self.registry.ListBackends(registry_pb2.ListBackendsRequest()).backends
+        return {b.id: b.in_flight for b in backends}
+
+    def set_state(self, backend_id: str, status: str, eta_ms: int | None = None) -> None:
+        request = registry_pb2.SetBackendStateRequest(
+            backend_id=backend_id, status=types_pb2.BackendStatus.Value(f"BACKEND_STATUS_{status}")
+        )
+        if eta_ms is not None:
+            request.loading_eta_ms = eta_ms
+        self.registry.SetBackendState(request)
+
+    def seed_spend(self, usd: float) -> None:
+        async def seed() -> None:
+            ledger = self.runtime.engine.ledger
+            assert isinstance(ledger, MemoryLedger)
+            ledger.seed_spend(GLOBAL, month_of(time.time()), round(usd * 1e9))
+
+        self.call(seed())
+
+    def stop(self) -> None:
+        self.channel.close()
+        try:
+            self.call(self.runtime.stop(drain_seconds=0, grace_seconds=1))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+
+
+@dataclass
+class Stack:
+    envoy: EnvoyProcess
+    nexus: NexusThread | None
+    upstreams: dict[str, UpstreamServer]
+
+    @property
+    def nx(self) -> NexusThread:
+        assert self.nexus is not None
+        return self.nexus
+
+    def http(
+        self,
+        path: str = "/v1/chat/completions",
+        headers: dict[str, str] | None = None,
+        body: bytes | str | None = None,
+        method: str | None = None,
+    ) -> Response:
+        return http_request(
+            self.envoy.port, method or ("POST" if body is not None else "GET"), path, headers, body
+        )
+
+    def received(self) -> dict[str, int]:
+        return {name: len(u.received) for name, u in self.upstreams.items()}
+
+
+StackFactory = Callable[..., Stack]
+
+
+def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
+    """make(filter_name, read_body=..., nexus_up=True, ...) → a running Stack; every process it
+    starts is added to `closers`."""
+
+    def make(
+        filter_name: str,
+        *,
+        read_body: bool = False,
+        read_response_usage: bool = False,
+        expose_reasons: str = "full",
+        max_wait_ms: int = 3000,
+        gpu2_concurrency: int = 0,
+        nexus_up: bool = True,
+    ) -> Stack:
+        upstreams = {name: UpstreamServer(name).start() for name in ("gpu-1", "gpu-2", "openai")}
+        closers.extend(u.stop for u in upstreams.values())
+        nexus = None
+        nexus_port = free_port()  # nothing listens there when nexus_up is False
+        if nexus_up:
+            nexus = NexusThread(
+                FLEET_TOML.format(
+                    read_body=str(read_body).lower(),
+                    read_response_usage=str(read_response_usage).lower(),
+                    expose_reasons=expose_reasons,
+                    max_wait_ms=max_wait_ms,
+                    gpu2_concurrency=gpu2_concurrency,
+                    gpu1=upstreams["gpu-1"].url,
+                    gpu2=upstreams["gpu-2"].url,
+                    cloud=upstreams["openai"].url,
+                )
+            )
+            closers.append(nexus.stop)
+            nexus_port = nexus.port
+        envoy = EnvoyProcess(
+            DEPLOY_DIR / f"{filter_name}.yaml",
+            {
+                "NEXUS_HOST": "127.0.0.1",
+                "NEXUS_PORT": nexus_port,
+                "CLOUD_HOST": "127.0.0.1",
+                "CLOUD_PORT": upstreams["openai"].port,
+            },
+        )
+        closers.append(envoy.stop)
+        envoy.start()
+        return Stack(envoy, nexus, upstreams)
+
+    return make

@@ -1,0 +1,212 @@
+"""Decision → Envoy header mutations and immediate responses: the one status/JSON table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from nexus_grpc.config.loader import load_config_text
+from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
+from nexus_grpc.domain.enums import BackendStatus
+from nexus_grpc.domain.request import DecisionRequest
+from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.ledger.base import month_of
+from nexus_grpc.ledger.memory import MemoryLedger
+from nexus_grpc.pipeline.budget import GLOBAL
+from nexus_grpc.pipeline.executor import Pipeline
+from nexus_grpc.reconcilers import default_stages
+from nexus_grpc.servicers.envoy.mapping import HeaderError
+from nexus_grpc.servicers.envoy.responses import (
+    bad_request_reply,
+    destination_endpoint,
+    queue_reply,
+    reject_reply,
+    retry_after,
+    route_headers,
+)
+from nexus_grpc.state.registry import Registry
+
+FLEET = """
+[ledger]
+kind = "memory"
+[envoy]
+expose_reasons = "{expose}"
+[routing.fallbacks]
+"llama3:70b" = ["qwen2:72b"]
+[[routing.policies]]
+model_pattern = "gpt-4*"
+privacy = "restricted"
+[routing.budget]
+monthly_limit_usd = 100.0
+hard_limit_action = "block_cloud"
+[[backends]]
+id = "gpu-1"
+url = "http://10.0.0.5:11434"
+type = "ollama"
+tier = 3
+[[backends.models]]
+id = "llama3:70b"
+[[backends]]
+id = "gpu-2"
+url = "http://[fd00::7]/v1"
+type = "vllm"
+[[backends.models]]
+id = "qwen2:72b"
+[[backends.models]]
+id = "llama3:70b"
+[[backends]]
+id = "openai"
+url = "https://api.openai.com"
+type = "openai"
+[[backends.models]]
+id = "gpt-4-turbo"
+[[backends.models]]
+id = "gpt-3.5-turbo"
+"""
+
+
+def make_engine(expose: str = "full") -> DecisionEngine:
+    config = load_config_text(FLEET.format(expose=expose))
+    return DecisionEngine(Registry(config, time.monotonic), Pipeline(default_stages()), MemoryLedger())
+
+
+def decide(engine: DecisionEngine, model: str, **kw: object) -> Decision:
+    request = DecisionRequest(request_id="rid-9", model=model, **kw)  # type: ignore[arg-type]
+    return asyncio.run(engine.decide(request, take_slot=False))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://10.0.0.5:11434", "10.0.0.5:11434"),
+        ("http://10.0.0.5", "10.0.0.5:80"),
+        ("https://10.0.0.5/v1", "10.0.0.5:443"),
+        ("http://[fd00::7]:8000/v1", "[fd00::7]:8000"),
+        ("https://api.openai.com", None),
+        ("http://localhost:8000", None),
+        ("not a url", None),
+    ],
+)
+def test_destination_endpoint_only_for_ip_literals(url: str, expected: str | None) -> None:
+    assert destination_endpoint(url) == expected
+
+
+@pytest.mark.parametrize(("ms", "text"), [(1, "1"), (999, "1"), (1000, "1"), (1001, "2"), (30000, "30")])
+def test_retry_after_rounds_up_to_whole_seconds(ms: int, text: str) -> None:
+    assert retry_after(ms) == text
+
+
+def test_route_headers() -> None:
+    engine = make_engine()
+    decision = decide(engine, "llama3:70b")
+    assert isinstance(decision.verdict, Route)
+    headers, remove = route_headers(decision, decision.verdict)
+    values = dict(headers)
+    assert values["x-nexus-backend"] == decision.verdict.backend_id
+    assert values["x-nexus-request-id"] == "rid-9"
+    assert values["x-nexus-model"] == "llama3:70b"
+    assert "x-nexus-budget-status" in remove  # normal: client copies are removed, none set
+
+    cloud = decide(engine, "gpt-3.5-turbo")
+    assert isinstance(cloud.verdict, Route)
+    headers, remove = route_headers(cloud, cloud.verdict)
+    assert "x-gateway-destination-endpoint" not in dict(headers)
+    assert "x-gateway-destination-endpoint" in remove
+
+
+def test_route_budget_headers_when_not_normal() -> None:
+    engine = make_engine()
+    ledger = engine.ledger
+    assert isinstance(ledger, MemoryLedger)
+    ledger.seed_spend(GLOBAL, month_of(time.time()), 87_654_321_000)  # 87.654321 of 100 USD
+    decision = decide(engine, "llama3:70b")
+    assert isinstance(decision.verdict, Route)
+    values = dict(route_headers(decision, decision.verdict)[0])
+    assert values["x-nexus-budget-status"] == "soft_limit"
+    assert values["x-nexus-budget-utilization"] == "87.65"
+    assert values["x-nexus-budget-remaining"] == "12.345679"
+
+
+def _reply(engine: DecisionEngine, decision: Decision) -> tuple[int, dict[str, str], dict[str, object]]:
+    assert isinstance(decision.verdict, Reject)
+    reply = reject_reply(engine, decision, decision.verdict)
+    return reply.status, dict(reply.headers), json.loads(reply.body)
+
+
+def test_reject_table() -> None:
+    engine = make_engine()
+    status, headers, body = _reply(engine, decide(engine, "nope"))
+    assert (status, body["error"]["type"], body["error"]["param"], body["error"]["code"]) == (  # type: ignore[index]
+        404,
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+    )
+    assert "retry-after" not in headers
+
+    status, headers, body = _reply(engine, decide(engine, "gpt-4-turbo"))
+    assert (status, body["error"]["type"], body["error"]["param"], body["error"]["code"]) == (  # type: ignore[index]
+        503,
+        "service_unavailable",
+        None,
+        "no_eligible_backend",
+    )
+    assert headers["x-nexus-rejection-reasons"] == "1 backend excluded by PrivacyReconciler"
+    assert headers["content-type"] == "application/json"
+    reason = body["context"]["rejection_reasons"][0]  # type: ignore[index]
+    assert reason["code"] == "EXCLUSION_CODE_PRIVACY_ZONE" and reason["suggested_action"]
+    assert body["context"]["available_backends"] == ["openai"]  # type: ignore[index]
+
+    status, headers, body = _reply(engine, decide(engine, "llama3:70b", min_tier=5))
+    assert (status, body["error"]["code"]) == (503, "fallback_exhausted")  # type: ignore[index]
+    assert headers["x-nexus-rejection-reasons"] == "2 backends excluded by TierReconciler"
+
+    ledger = engine.ledger
+    assert isinstance(ledger, MemoryLedger)
+    ledger.seed_spend(GLOBAL, month_of(time.time()), 100 * 10**9)
+    status, headers, body = _reply(engine, decide(engine, "gpt-3.5-turbo"))
+    assert (status, body["error"]["type"], body["error"]["code"]) == (
+        429,
+        "rate_limit_error",
+        "budget_exhausted",
+    )  # type: ignore[index]
+    assert int(headers["retry-after"]) >= 1
+
+
+def test_available_backends_are_the_healthy_ones() -> None:
+    engine = make_engine()
+    engine.registry.set_state("gpu-1", BackendStatus.UNHEALTHY)
+    _, _, body = _reply(engine, decide(engine, "llama3:70b", min_tier=5))
+    assert body["context"]["available_backends"] == ["gpu-2"]  # type: ignore[index]
+
+
+def test_summary_exposure_carries_only_codes_and_counts() -> None:
+    engine = make_engine("summary")
+    _, _, body = _reply(engine, decide(engine, "llama3:70b", min_tier=5))
+    assert body["context"] == {
+        "rejection_reasons": [{"code": "EXCLUSION_CODE_TIER_BELOW_MINIMUM", "count": 3}],
+        "available_backend_count": 2,
+    }
+
+
+def test_queue_and_bad_request_replies() -> None:
+    engine = make_engine()
+    decision = decide(engine, "llama3:70b")
+    queue = Queue("llama3:70b", "waiting_for:gpu-1", 1500, 1500)
+    reply = queue_reply(decision, queue, held_ms=None)
+    assert reply.status == 503 and dict(reply.headers)["retry-after"] == "2"
+    assert json.loads(reply.body)["error"]["code"] == "queued"
+    assert json.loads(queue_reply(decision, queue, held_ms=10).body)["error"]["code"] == "queue_timeout"
+    bad = bad_request_reply(HeaderError("x-nexus-min-tier", "9 is out of range"))
+    assert bad.status == 400
+    assert json.loads(bad.body) == {
+        "error": {
+            "message": "x-nexus-min-tier: 9 is out of range",
+            "type": "invalid_request_error",
+            "param": "x-nexus-min-tier",
+            "code": "invalid_header",
+        }
+    }
