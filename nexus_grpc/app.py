@@ -46,7 +46,11 @@ from nexus_grpc.servicers.budget import BudgetServicer
 from nexus_grpc.servicers.decision import DecisionServicer
 from nexus_grpc.servicers.envoy import add_envoy_servicers
 from nexus_grpc.servicers.registry import RegistryServicer
+from nexus_grpc.state.health import HealthProber
 from nexus_grpc.state.registry import Registry
+from nexus_grpc.state.reload import ConfigWatcher
+from nexus_grpc.telemetry.decision_log import DecisionLog
+from nexus_grpc.telemetry.prometheus import serve_metrics
 
 log = logging.getLogger("nexus_grpc")
 # sections that need a restart; a reload reports a change to them and keeps the running values
@@ -92,8 +96,11 @@ class Runtime:
         self.listen = config.server.listen
         self.port = 0
         self.server: grpc.aio.Server | None = None
+        self.metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self.prober = HealthProber(self.registry, on_change=self.engine.watch.notify)
+        self._reload_lock = asyncio.Lock()  # reloads (SIGHUP, RPC, file watch) apply in order
 
     @property
     def config(self) -> Config:
@@ -125,8 +132,12 @@ class Runtime:
     async def reload(self) -> Config:
         """Validate the file completely, then swap; a bad file changes nothing."""
         assert self.config_path is not None
+        async with self._reload_lock:
+            return await self._reload(self.config_path)
+
+    async def _reload(self, path: Path) -> Config:
         try:
-            config = await asyncio.to_thread(load_config, self.config_path)
+            config = await asyncio.to_thread(load_config, path)
         except Exception:
             self.reload_failures += 1
             raise
@@ -147,6 +158,7 @@ class Runtime:
         config = self.config
         self.listen = options.listen or config.server.listen
         await self.engine.ledger.start()
+        self._start_telemetry()
         if self.demo:
             self._seed_demo()
         server = grpc.aio.server(
@@ -172,11 +184,50 @@ class Runtime:
         await server.start()
         self.server = server
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._tasks = [asyncio.create_task(self._upkeep(), name="nexus-upkeep")]
+        self._tasks = [asyncio.create_task(self._upkeep(), name="nexus-upkeep"), *self._start_watchers()]
+        if config.health_check.enabled:  # SERVING once the first probe round has finished
+            self._tasks.append(asyncio.create_task(self._serve_after_probes(), name="nexus-first-probes"))
+        else:
+            await self._serving()
+        return self.port
+
+    def _start_watchers(self) -> list[asyncio.Task[None]]:
+        """Active health probes, and the config file watch (`[server] watch_config`)."""
+        tasks = [asyncio.create_task(self.prober.run(), name="nexus-health-probes")]
+        if self.config_path is not None and self.config.server.watch_config:
+            watcher = ConfigWatcher(self.config_path, self.reload, lambda: self.config.version)
+            tasks.append(asyncio.create_task(watcher.run(), name="nexus-config-watch"))
+        return tasks
+
+    async def _serve_after_probes(self) -> None:
+        await self.prober.first_round.wait()
+        if not self.draining:
+            await self._serving()
+
+    async def _serving(self) -> None:
         self.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        config = self.config
         log.info("serving on %s (config %s, %s ledger)", self.listen, config.version, self.engine.ledger.kind)
-        return self.port
+
+    def _start_telemetry(self) -> None:
+        telemetry = self.config.telemetry
+        if telemetry.decision_log:
+            self.engine.decision_log = DecisionLog(telemetry.decision_log)
+        if telemetry.prometheus_listen:
+            log_ = self.engine.decision_log
+            self.metrics_server = serve_metrics(
+                telemetry.prometheus_listen, self.engine, lambda: log_.dropped if log_ is not None else 0
+            )
+
+    def _stop_telemetry(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
+        if self.engine.decision_log is not None:
+            self.engine.decision_log.close()
+            self.engine.decision_log = None
 
     def _bind(self, server: grpc.aio.Server, listen: str) -> int:
         tls = self.config.server.tls
@@ -262,6 +313,7 @@ class Runtime:
         if self.server is not None:
             await self.server.stop(server_cfg.grace_seconds if grace_seconds is None else grace_seconds)
         await self.engine.ledger.close()
+        self._stop_telemetry()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -23,6 +23,9 @@ from nexus_grpc.pipeline.budget import GLOBAL, scope_view, scopes_for
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.pipeline.snapshot import Snapshot
 from nexus_grpc.state.registry import Registry
+from nexus_grpc.telemetry.decision_log import DecisionLog
+from nexus_grpc.telemetry.decision_log import record as log_record
+from nexus_grpc.telemetry.metrics import Metrics
 
 MAX_REDECIDE = 3
 MAX_EXPIRED_KEPT = 100_000  # expired flights remembered so a late report charges the right scopes
@@ -105,6 +108,8 @@ class DecisionEngine:
         self.expired: OrderedDict[str, Flight] = OrderedDict()
         self.watch = StateWatch()
         self.outcomes_estimated = 0
+        self.metrics = Metrics()
+        self.decision_log: DecisionLog | None = None
 
     @property
     def config(self) -> Config:
@@ -125,7 +130,25 @@ class DecisionEngine:
         """The same pipeline without side effects: a copy of the RNG, no slot, no reservation."""
         rng = random.Random()
         rng.setstate(self.rng.getstate())
-        return self.pipeline.decide(request, self.snapshot(rng=rng), trace=True)
+        t0 = time.perf_counter_ns()
+        decision = self.pipeline.decide(request, self.snapshot(rng=rng), trace=True)
+        if self.decision_log is not None:
+            self._log(decision, request, time.perf_counter_ns() - t0, explain=True)
+        return decision
+
+    def _observe(self, decision: Decision, request: DecisionRequest, elapsed_ns: int) -> Decision:
+        self.metrics.record(decision, elapsed_ns)
+        if self.decision_log is not None:
+            self._log(decision, request, elapsed_ns, explain=False)
+        return decision
+
+    def _log(self, decision: Decision, request: DecisionRequest, elapsed_ns: int, *, explain: bool) -> None:
+        assert self.decision_log is not None
+        self.decision_log.put(
+            log_record(
+                decision, self.config.version, explain=explain, elapsed_ns=elapsed_ns, labels=request.labels
+            )
+        )
 
     async def decide(self, request: DecisionRequest, *, take_slot: bool = True) -> Decision:
         """Decide and apply the Route's side effects. `take_slot=False` (ext_authz) reserves
@@ -133,13 +156,14 @@ class DecisionEngine:
         # a second Decide with the same request_id replaces the first one's slot and reservation
         if take_slot and self._release_flight(request.request_id) is not None:
             await self.ledger.release(request.request_id)
+        t0 = time.perf_counter_ns()
         for _ in range(MAX_REDECIDE):
             decision = self.pipeline.decide(request, self.snapshot())
             route = decision.route
             if route is None or not take_slot:
                 if route is not None:
                     self._advance(decision)
-                return decision
+                return self._observe(decision, request, time.perf_counter_ns() - t0)
             cost = decision.cost_estimate.cost_nano
             flight = Flight(
                 request.request_id,
@@ -162,11 +186,11 @@ class DecisionEngine:
             )
             if await self.ledger.reserve(reservation, self._limits(decision, route.privacy_zone)):
                 self._advance(decision)
-                return decision
+                return self._observe(decision, request, time.perf_counter_ns() - t0)
             # another replica's spend made this Route cross a blocking limit: decide again
             self._release_flight(request.request_id)
         # the ledger kept refusing: never return a Route that holds no reservation
-        return replace(
+        refused = replace(
             decision,
             verdict=Reject(
                 RejectCode.BUDGET_EXHAUSTED,
@@ -175,6 +199,7 @@ class DecisionEngine:
                 1000,
             ),
         )
+        return self._observe(refused, request, time.perf_counter_ns() - t0)
 
     def _limits(self, decision: Decision, zone: PrivacyZone) -> dict[str, int] | None:
         budget = self.config.routing.budget

@@ -55,12 +55,8 @@ def cross_references(config: Config, ctx: Context) -> None:
 def _not_supported_yet(config: Config, issues: Issues) -> None:
     """Settings this build parses but does not act on yet are refused, never silently ignored."""
     enabled = {
-        "server.watch_config": config.server.watch_config,
-        "health_check.enabled": config.health_check.enabled,
-        "telemetry.prometheus_listen": bool(config.telemetry.prometheus_listen),
         "telemetry.otlp_endpoint": bool(config.telemetry.otlp_endpoint),
         "telemetry.trace_sample_ratio": config.telemetry.trace_sample_ratio > 0,
-        "telemetry.decision_log": bool(config.telemetry.decision_log),
     }
     for key, on in enabled.items():
         if on:

@@ -7,13 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from typing import NamedTuple
 
 from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode, PrivacyZone, RejectCode
 
 
-@dataclass(frozen=True, slots=True)
-class Exclusion:
-    """One backend dropped by one stage (a RejectionReason on the wire)."""
+class Exclusion(NamedTuple):
+    """One backend dropped by one stage (a RejectionReason on the wire). A named tuple: immutable
+    and the cheapest value to build on the decision path."""
 
     backend_id: str
     model: str

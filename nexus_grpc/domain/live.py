@@ -7,6 +7,7 @@ Times are monotonic seconds, injected by the caller.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from nexus_grpc.domain.enums import BackendStatus
 
@@ -74,12 +75,15 @@ class LiveBackend:
     __slots__ = (
         "admin_status",
         "breaker_since",
+        "exclusion_cache",
         "in_flight",
         "latency_ema_ms",
+        "loading_cache",
         "loading_eta_at",
         "loading_progress",
         "probe_failures",
         "probe_successes",
+        "quality_cache",
         "reason",
         "stats",
         "status",
@@ -99,6 +103,10 @@ class LiveBackend:
         self.probe_failures = 0
         self.probe_successes = 0
         self.version = 0  # bumped on every status change
+        # (version, model, prepared exclusion) for the scheduler's status reasons
+        self.exclusion_cache: tuple[int, str, Any] | None = None
+        self.quality_cache: tuple[tuple[str, int, int], Any] | None = None
+        self.loading_cache: tuple[tuple[int, str, int], Any] | None = None
 
     def loading_eta_ms(self, now: float) -> int:
         """Remaining ETA; counts down from when it was set, stays 0 (still LOADING) when run out."""

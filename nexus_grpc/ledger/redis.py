@@ -231,12 +231,14 @@ class RedisLedger:
     async def reserve(self, reservation: Reservation, limits: Mapping[str, int] | None = None) -> bool:
         r = reservation
         if self._up:
-            with contextlib.suppress(_Down):
-                head = await self._script("reserve", self._reserve_args(r, limits or {}))
-                self._state.forget(r.request_id)
-                if head[0] == 1:
-                    self._state.stored_ok(r)
-                return bool(head[0] == 1)
+            async with self._ordered(r.request_id):
+                if self._up:
+                    with contextlib.suppress(_Down):
+                        head = await self._script("reserve", self._reserve_args(r, limits or {}))
+                        self._state.forget(r.request_id)
+                        if head[0] == 1:
+                            self._state.stored_ok(r)
+                        return bool(head[0] == 1)
         self._state.hold_locally(r)  # fail open
         return True
 
@@ -248,10 +250,12 @@ class RedisLedger:
 
     async def release(self, request_id: str) -> None:
         if self._up:
-            with contextlib.suppress(_Down):
-                await self._script("release", [request_id])
-                self._state.forget(request_id)
-                return
+            async with self._ordered(request_id):
+                if self._up:
+                    with contextlib.suppress(_Down):
+                        await self._script("release", [request_id])
+                        self._state.forget(request_id)
+                        return
         self._state.release_locally(request_id)
 
     async def expire(self, now: float) -> list[str]:
@@ -378,21 +382,41 @@ class RedisLedger:
 
     async def _recover(self) -> None:
         """Probe, then bring the store up to date with everything done locally; raises _Down."""
+        if self._client is not None:
+            # pooled connections from before the outage may lead to a store that has restarted
+            # since: drop them, or each would fail once more and trip the breaker after recovery
+            await self._client.connection_pool.disconnect()
         await self._guard(lambda c: c.ping())
         self._state.store_restarted()
-        while True:
-            for rid, r in list(self._state.pending_release.items()):
-                await self._script("release", [rid])
-                self._state.release_done(rid, r)
-            await self._replay()
-            for rid, r in list(self._state.local.items()):
-                await self._script("reserve", self._reserve_args(r, {}))
-                self._state.pushed(rid, r)
-            await self._refresh_store()
-            if self._state.synced():
-                self._up = True
-                log.info("redis ledger available")
-                return
+        # One pass over what was done locally, then available: what arrived during the pass is
+        # caught up by the background task (waiting for an empty backlog under steady traffic
+        # would never end: every decision adds to it while the store counts as down).
+        await self._catch_up()
+        await self._refresh_store()
+        self._up = True
+        backlog = len(self._state.journaled) + len(self._state.local) + len(self._state.pending_release)
+        log.info("redis ledger available" + (f" ({backlog} local change(s) left to push)" if backlog else ""))
+
+    async def _catch_up(self) -> None:
+        """Push releases, journaled settles and reservations made while the store was down.
+        Each id is pushed under its lock, so a concurrent call on that id runs before or after."""
+        for rid, r in list(self._state.pending_release.items()):
+            async with self._one_at_a_time(rid):
+                if self._state.pending_release.get(rid) is r:
+                    await self._script("release", [rid])
+                    self._state.release_done(rid, r)
+        await self._replay()
+        for rid, r in list(self._state.local.items()):
+            async with self._one_at_a_time(rid):
+                if self._state.local.get(rid) is r:
+                    await self._script("reserve", self._reserve_args(r, {}))
+                    self._state.pushed(rid, r)
+
+    def _ordered(self, request_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Per-id ordering against the catch-up after an outage; nothing to order otherwise."""
+        if self._state.synced():
+            return contextlib.nullcontext()
+        return self._one_at_a_time(request_id)
 
     async def _replay(self) -> None:
         for entry in list(self._state.journaled.values()):
@@ -409,8 +433,8 @@ class RedisLedger:
             try:
                 if not self._up and time.monotonic() >= self._retry_at:
                     await self._recover()
-                elif self._up and self._state.journaled:
-                    await self._replay()
+                elif self._up and not self._state.synced():
+                    await self._catch_up()
                 elif self._up and not self._state.loaded(month_of(now())):
                     await self._refresh_store()
             except _Down:

@@ -3,6 +3,7 @@ state into Route, Queue or Reject — in one place, `_verdict`."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class _Run:
     traces: list[StageTrace]
     wait_ms: int | None  # queue wait when some compliant backend was only LOADING/SATURATED
     wait_backend: str
+    durations: list[tuple[str, int]]
 
 
 class Pipeline:
@@ -60,9 +62,13 @@ class Pipeline:
                 if run.intent.winner is not None:
                     routed = run
                     break
-        exclusions = tuple(e for r in runs for e in r.intent.exclusions)
+        exclusions = (
+            tuple(primary.intent.exclusions)
+            if len(runs) == 1
+            else tuple(itertools.chain.from_iterable(r.intent.exclusions for r in runs))
+        )
         verdict, basis = self._verdict(request, snap, runs, routed, fallbacks_tried, exclusions)
-        _, applied = request_views(snap, request.tenant)
+        applied = primary.intent.budget or request_views(snap, request.tenant)[1]
         return Decision(
             request_id=request.request_id,
             requested_model=request.model,
@@ -72,12 +78,14 @@ class Pipeline:
             budget=applied,
             exclusions=exclusions,
             scopes=scopes_for(request.tenant),
-            stages=tuple(t for r in runs for t in r.traces),
-            scores=tuple(s for r in runs for s in r.intent.scores),
+            stages=tuple(itertools.chain.from_iterable(r.traces for r in runs)),
+            scores=tuple(itertools.chain.from_iterable(r.intent.scores for r in runs)),
+            stage_durations_ns=tuple(itertools.chain.from_iterable(r.durations for r in runs)),
         )
 
     def _run(self, intent: Intent, snap: Snapshot) -> _Run:
         traces: list[StageTrace] = []
+        durations: list[tuple[str, int]] = []
         failed_closed = False
         clock = time.perf_counter_ns
         for stage in self.stages:
@@ -96,6 +104,7 @@ class Pipeline:
             elapsed = clock() - t0
             self.stage_ns[stage.name] += elapsed
             self.stage_runs[stage.name] += 1
+            durations.append((stage.name, elapsed))
             if intent.trace:
                 new_notes = {k: v for k, v in intent.notes.items() if notes_before.get(k) != v}  # type: ignore[union-attr]
                 traces.append(
@@ -112,7 +121,7 @@ class Pipeline:
             if failed_closed:
                 break
         wait, wait_backend = self._queue_wait(intent, snap)
-        return _Run(intent, failed_closed, traces, wait, wait_backend)
+        return _Run(intent, failed_closed, traces, wait, wait_backend, durations)
 
     @staticmethod
     def _fail_closed(intent: Intent, stage: str, exc: Exception) -> None:

@@ -4,8 +4,9 @@ backend state, the ledger's cached totals, injected time and randomness."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec
@@ -36,10 +37,26 @@ class EffectivePolicy:
         )
 
 
+UNLIMITED = 1 << 62
+
+
 class Candidate:
     """One (backend, model) pair a request could go to. Built once per fleet version."""
 
-    __slots__ = ("backend", "id", "index", "live", "model", "price", "priority", "tier", "zone")
+    __slots__ = (
+        "backend",
+        "ctx_limit",
+        "free",
+        "id",
+        "index",
+        "live",
+        "model",
+        "price",
+        "priority",
+        "priority_score",
+        "tier",
+        "zone",
+    )
 
     def __init__(
         self, backend: BackendConfig, model: ModelSpec, price: Price, live: LiveBackend, index: int
@@ -53,6 +70,9 @@ class Candidate:
         self.zone = backend.zone
         self.tier = backend.tier
         self.priority = backend.priority
+        self.priority_score = 100 - min(backend.priority, 100)
+        self.free = price.input_nano == 0 and price.output_nano == 0
+        self.ctx_limit = model.context_length if model.context_length is not None else UNLIMITED
 
     def __repr__(self) -> str:
         return f"Candidate({self.id!r}, {self.model.id!r})"
@@ -95,6 +115,8 @@ class Fleet:
                 index.setdefault(m.id, []).append(Candidate(b, m, config.price_for(b, m.id), live[b.id], i))
         self.candidates: dict[str, tuple[Candidate, ...]] = {k: tuple(v) for k, v in index.items()}
         self.served_models: tuple[str, ...] = tuple(sorted(self.candidates))
+        # static stage results per (stage key, input set), valid for this fleet version only
+        self.memo: dict[Hashable, Any] = {}
         self._chains: dict[str, tuple[str, ...]] = {}
         self._policies: dict[tuple[str, ...], EffectivePolicy] = {}
 

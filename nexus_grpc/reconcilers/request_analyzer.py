@@ -22,7 +22,7 @@ class RequestAnalyzer:
         intent.policy = policy
         candidates = fleet.candidates.get(intent.model, ())
         intent.initial = candidates
-        intent.candidates = list(candidates)
+        intent.candidates = candidates
         if len(chain) > 1:
             intent.notes["alias_chain"] = " -> ".join(chain)
         if intent.is_fallback:

@@ -6,13 +6,15 @@ kept per backend id across rebuilds and reloads, so stages never see a half-appl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from nexus_grpc.config.schema import Config
-from nexus_grpc.domain.backend import BackendConfig
+from nexus_grpc.domain.backend import BackendConfig, ModelSpec
 from nexus_grpc.domain.enums import BackendStatus
 from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.pipeline.snapshot import Fleet
+from nexus_grpc.state.health import probe_path
 
 STICKY = (BackendStatus.DRAINING, BackendStatus.UNHEALTHY)
 
@@ -22,6 +24,7 @@ class Registry:
         self._clock = clock
         self.live: dict[str, LiveBackend] = {}
         self._backends: list[BackendConfig] = []
+        self._discovered: dict[str, tuple[str, ...]] = {}  # backend id -> models its probe listed
         self.version = 0
         self.fleet = self._build(config, list(config.backends))
 
@@ -29,23 +32,53 @@ class Registry:
     def config(self) -> Config:
         return self.fleet.config
 
-    def _initial_status(self, config: Config) -> BackendStatus:
-        return BackendStatus.UNKNOWN if config.health_check.enabled else BackendStatus.HEALTHY
+    def _initial_status(self, config: Config, backend: BackendConfig) -> BackendStatus:
+        probed = config.health_check.enabled and probe_path(backend) is not None
+        return BackendStatus.UNKNOWN if probed else BackendStatus.HEALTHY
 
     def _build(self, config: Config, backends: list[BackendConfig]) -> Fleet:
         for b in backends:
             if b.id not in self.live:
-                self.live[b.id] = LiveBackend(self._initial_status(config), config.quality.window_seconds)
+                self.live[b.id] = LiveBackend(self._initial_status(config, b), config.quality.window_seconds)
         self._backends = backends
         self.version += 1
-        self.fleet = Fleet(config, tuple(backends), self.live)
+        self.fleet = Fleet(config, tuple(self._with_discovered(b) for b in backends), self.live)
         return self.fleet
+
+    def _with_discovered(self, backend: BackendConfig) -> BackendConfig:
+        """Declared models first, as declared (the declaration wins); then the models its probe
+        listed that are not declared: unlimited context, no capabilities."""
+        found = self._discovered.get(backend.id)
+        if not found:
+            return backend
+        declared = {m.id for m in backend.models}
+        extra = tuple(ModelSpec(m) for m in found if m not in declared)
+        return replace(backend, models=backend.models + extra) if extra else backend
+
+    def discovered(self, backend_id: str) -> tuple[str, ...]:
+        return self._discovered.get(backend_id, ())
+
+    def set_discovered(self, backend_id: str, models: Iterable[str]) -> bool:
+        """The models a health probe listed for this backend (replacing the previous list);
+        True when the list changed (the fleet is then rebuilt)."""
+        if backend_id not in self.fleet.by_id:
+            return False
+        found = tuple(sorted(set(models)))
+        if self._discovered.get(backend_id, ()) == found:
+            return False
+        if found:
+            self._discovered[backend_id] = found
+        else:
+            del self._discovered[backend_id]
+        self._build(self.config, self._backends)
+        return True
 
     def load(self, config: Config) -> None:
         """A new config: backends that remain keep live state; upserted ones are dropped."""
         ids = {b.id for b in config.backends}
         for stale in [i for i in self.live if i not in ids]:
             del self.live[stale]
+            self._discovered.pop(stale, None)
         self._build(config, list(config.backends))
 
     def get(self, backend_id: str) -> tuple[BackendConfig, LiveBackend] | None:
@@ -72,6 +105,7 @@ class Registry:
         self._build(self.config, backends)
         # the live object stays referenced by in-flight bookkeeping until entries expire
         self.live.pop(backend_id, None)
+        self._discovered.pop(backend_id, None)
         return True
 
     def set_state(

@@ -343,12 +343,8 @@ def test_listen_addresses() -> None:
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ('[telemetry]\nprometheus_listen = "127.0.0.1:9464"', "telemetry.prometheus_listen"),
         ('[telemetry]\notlp_endpoint = "http://127.0.0.1:4317"', "telemetry.otlp_endpoint"),
         ("[telemetry]\ntrace_sample_ratio = 0.5", "telemetry.trace_sample_ratio"),
-        ('[telemetry]\ndecision_log = "-"', "telemetry.decision_log"),
-        ("[server]\nwatch_config = true", "server.watch_config"),
-        ("[health_check]\nenabled = true", "health_check.enabled"),
     ],
 )
 def test_settings_not_supported_yet_are_refused(text: str, key: str) -> None:

@@ -165,13 +165,13 @@ def test_unlisted_model_without_default_price_costs_nothing() -> None:
     assert decision.cost_estimate.cost_nano == 0
 
 
-def test_intent_costs_hold_every_candidates_estimate() -> None:
+def test_every_candidates_estimate_uses_its_price() -> None:
     eng = engine(config(mixed_fleet()))
     snap = eng.snapshot()
     intent = Intent(request("gpt-4-turbo", estimated_input_tokens=1000), "gpt-4-turbo")
     RequestAnalyzer().reconcile(intent, snap)
     BudgetReconciler().reconcile(intent, snap)
-    assert intent.costs == {"cloud": TURBO_1K, "local": 0}
+    assert {c.id: intent.cost(c) for c in intent.candidates} == {"cloud": TURBO_1K, "local": 0}
 
 
 @pytest.mark.parametrize(

@@ -218,7 +218,7 @@ def _ghost(model: str) -> Candidate:
 
 def test_unregistered_candidate_is_treated_as_open() -> None:
     snap, intent = _snapshot_and_intent("m")
-    intent.candidates.append(_ghost("m"))
+    intent.candidates = [*intent.candidates, _ghost("m")]
     PrivacyReconciler().reconcile(intent, snap)
     assert [c.id for c in intent.candidates] == ["local"]
     assert {(e.backend_id, e.code) for e in intent.exclusions} == {

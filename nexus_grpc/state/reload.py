@@ -1,0 +1,101 @@
+"""`[server] watch_config`: reload the configuration when its file changes.
+
+Once a second the file's size, mtime and content hash are compared with the last ones seen;
+a change that is still settling (another change within `settle_seconds`) is waited out, then the
+runtime reloads (validating the whole file; a bad file changes nothing and counts as a failed
+reload). A content already active (same version) or already tried is not reloaded again, so a
+bad file counts once, not once a second. A missing file (a rename in progress) is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus_grpc.config.errors import ConfigError
+
+log = logging.getLogger("nexus_grpc")
+
+POLL_SECONDS = 1.0
+SETTLE_SECONDS = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    size: int
+    mtime_ns: int
+    version: str  # the same hash the loader uses for Config.version
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    data = path.read_bytes()
+    stat = os.stat(path)
+    return Fingerprint(len(data), stat.st_mtime_ns, hashlib.sha256(data).hexdigest()[:12])
+
+
+class ConfigWatcher:
+    def __init__(
+        self,
+        path: Path,
+        reload: Callable[[], Awaitable[object]],
+        active_version: Callable[[], str],
+        *,
+        poll_seconds: float = POLL_SECONDS,
+        settle_seconds: float = SETTLE_SECONDS,
+    ) -> None:
+        self.path = path
+        self._reload = reload
+        self._active_version = active_version
+        self.poll_seconds = poll_seconds
+        self.settle_seconds = settle_seconds
+        self.reloads = 0  # reloads this watcher started (successful or not)
+        self._missing_logged = False
+
+    async def _read(self) -> Fingerprint | None:
+        try:
+            found = await asyncio.to_thread(fingerprint, self.path)
+        except OSError as exc:
+            if not self._missing_logged:
+                log.warning("watch_config: cannot read %s (%s); waiting for it", self.path, exc)
+                self._missing_logged = True
+            return None
+        self._missing_logged = False
+        return found
+
+    async def run(self) -> None:
+        seen = await self._read()
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                current = await self._read()
+                if current is None or current == seen:
+                    continue
+                # let a writer finish: reload only once the file holds still
+                while True:
+                    await asyncio.sleep(self.settle_seconds)
+                    settled = await self._read()
+                    if settled is None or settled == current:
+                        break
+                    current = settled
+                same = seen is not None and current.version == seen.version
+                seen = current
+                if same:
+                    continue  # touched, not changed
+                if current.version == self._active_version():
+                    continue  # already active (a SIGHUP or ReloadConfig got there first)
+                await self._reload_once()
+            except Exception:  # the watcher must outlive a bug
+                log.exception("watch_config: checking %s failed; retrying", self.path)
+
+    async def _reload_once(self) -> None:
+        self.reloads += 1
+        log.info("watch_config: %s changed; reloading", self.path)
+        try:
+            await self._reload()
+        except ConfigError as exc:
+            log.error("config reload refused, old config kept:\n%s", exc)
