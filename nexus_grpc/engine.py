@@ -11,14 +11,14 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.decision import BudgetView, Decision, Reject
 from nexus_grpc.domain.enums import Priority, PrivacyZone, RejectCode
 from nexus_grpc.domain.money import usd_to_nano
 from nexus_grpc.domain.request import DecisionRequest, Outcome
-from nexus_grpc.ledger.base import Ledger, Reservation, SettleResult, month_of
+from nexus_grpc.ledger.base import Ledger, Reservation, SettleResult, month_of, month_start, next_month_start
 from nexus_grpc.pipeline.budget import GLOBAL, scope_view, scopes_for
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.pipeline.snapshot import Snapshot
@@ -109,22 +109,31 @@ class DecisionEngine:
         self.watch = StateWatch()
         self.outcomes_estimated = 0
         self.metrics = Metrics()
+        self._month = ""
+        self._month_from = self._month_until = 0.0
+        self._snap_month = ""
         self.decision_log: DecisionLog | None = None
 
     @property
     def config(self) -> Config:
         return self.registry.config
 
+    def month(self, wall: float) -> str:
+        """The UTC month of `wall`, recomputed only when a month boundary is crossed."""
+        if not self._month_from <= wall < self._month_until:
+            self._month = month_of(wall)
+            self._month_from = month_start(wall)
+            self._month_until = next_month_start(wall)
+        return self._month
+
+    def _read_totals(self, scope: str) -> tuple[int, int] | None:
+        return self.ledger.totals(scope, self._snap_month)
+
     def snapshot(self, *, rng: random.Random | None = None) -> Snapshot:
         wall = self.wall()
-        month = month_of(wall)
-        totals = self.ledger.totals
-
-        def read(scope: str) -> tuple[int, int] | None:
-            t = totals(scope, month)
-            return None if t is None else (t.spent_nano, t.reserved_nano)
-
-        return Snapshot(self.registry.fleet, self.clock(), wall, read, month, rng or self.rng, self.rr)
+        month = self._snap_month = self.month(wall)
+        fleet = self.registry.fleet
+        return Snapshot(fleet, self.clock(), wall, self._read_totals, month, rng or self.rng, self.rr)
 
     def explain(self, request: DecisionRequest) -> Decision:
         """The same pipeline without side effects: a copy of the RNG, no slot, no reservation."""
@@ -181,7 +190,7 @@ class DecisionEngine:
                 request.request_id,
                 decision.scopes,
                 cost,
-                month_of(self.wall()),
+                self._snap_month,
                 self.wall() + self.config.queue.in_flight_ttl_seconds,
             )
             if await self.ledger.reserve(reservation, self._limits(decision, route.privacy_zone)):
@@ -190,8 +199,7 @@ class DecisionEngine:
             # another replica's spend made this Route cross a blocking limit: decide again
             self._release_flight(request.request_id)
         # the ledger kept refusing: never return a Route that holds no reservation
-        refused = replace(
-            decision,
+        refused = decision._replace(
             verdict=Reject(
                 RejectCode.BUDGET_EXHAUSTED,
                 "Request rejected: the budget ledger refused the reservation "
@@ -242,7 +250,7 @@ class DecisionEngine:
         charge, estimated = self._charge(outcome, flight)
         wall = self.wall()
         result = await self.ledger.settle(
-            outcome.request_id, scopes, charge, month_of(wall), estimated=estimated
+            outcome.request_id, scopes, charge, self.month(wall), estimated=estimated
         )
         if result.recorded:
             if result.estimated:
@@ -260,7 +268,7 @@ class DecisionEngine:
             decision.request_id,
             decision.scopes,
             decision.cost_estimate.cost_nano,
-            month_of(self.wall()),
+            self.month(self.wall()),
             estimated=True,
             provisional=True,
         )

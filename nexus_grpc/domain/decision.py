@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from typing import NamedTuple
@@ -24,8 +24,7 @@ class Exclusion(NamedTuple):
     suggested_action: str
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetView:
+class BudgetView(NamedTuple):
     """Budget state of one scope in one month (a BudgetState on the wire)."""
 
     scope: str
@@ -68,15 +67,13 @@ def _exact(value: float) -> tuple[int, int]:
     return f.numerator, f.denominator
 
 
-@dataclass(frozen=True, slots=True)
-class CostEstimate:
+class CostEstimate(NamedTuple):
     input_tokens: int
     output_tokens: int
     cost_nano: int
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     backend_id: str
     url: str
     backend_type: str
@@ -88,16 +85,14 @@ class Route:
     alternates: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Queue:
+class Queue(NamedTuple):
     model: str
     reason: str
     estimated_wait_ms: int
     retry_after_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
+class Reject(NamedTuple):
     code: RejectCode
     message: str
     retry_after_ms: int = 0
@@ -128,8 +123,7 @@ class CandidateScore:
     adjustments: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     request_id: str
     requested_model: str
     resolved_model: str
@@ -141,7 +135,7 @@ class Decision:
     scopes: tuple[str, ...] = ()
     stages: tuple[StageTrace, ...] = ()
     scores: tuple[CandidateScore, ...] = ()
-    stage_durations_ns: tuple[tuple[str, int], ...] = field(default=())
+    stage_durations_ns: tuple[tuple[str, int], ...] = ()
 
     @property
     def route(self) -> Route | None:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 GLOBAL_SCOPE = "global"
 
 
 def month_of(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m")
+
+
+def month_start(epoch_seconds: float) -> float:
+    d = datetime.fromtimestamp(epoch_seconds, tz=UTC)
+    return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
 
 
 def next_month_start(epoch_seconds: float) -> float:
@@ -31,8 +35,7 @@ def previous_month(month: str) -> str:
     return f"{year - 1}-12" if mon == 1 else f"{year}-{mon - 1:02d}"
 
 
-@dataclass(frozen=True, slots=True)
-class Totals:
+class Totals(NamedTuple):
     spent_nano: int = 0
     reserved_nano: int = 0
 
@@ -41,8 +44,7 @@ class Totals:
         return self.spent_nano + self.reserved_nano
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
+class Reservation(NamedTuple):
     """The estimate of a routed, not yet reported request, held in each of its scopes."""
 
     request_id: str
@@ -52,8 +54,7 @@ class Reservation:
     expires_at: float  # wall-clock epoch seconds
 
 
-@dataclass(frozen=True, slots=True)
-class SettleResult:
+class SettleResult(NamedTuple):
     recorded: bool  # False: this request_id was already charged (a duplicate)
     charged_nano: int  # on a duplicate, what was charged the first time
     estimated: bool

@@ -47,7 +47,12 @@ class BudgetReconciler:
             limiting = []
         if not limiting and cap is None:
             return
+        cands = intent.candidates
+        if cap is None and action == "block_cloud" and not any(c.zone != RESTRICTED for c in cands):
+            return  # block_cloud never blocks restricted backends: nothing here can be excluded
         hard = any(v.status == BudgetStatus.HARD_LIMIT for v in limiting)
+        if not hard and all(c.free for c in cands):
+            return  # below every limit a free backend can neither cross it nor exceed a cap
         headroom = min((v.limit_nano - v.used_nano for v in limiting), default=0)
         block_all = action == "block_all"
         before = len(intent.candidates)

@@ -212,12 +212,9 @@ class SchedulerReconciler:
         intent.winner = best
         intent.score = best_score
         intent.reason = f"highest_score:{best.id}:{best_score}"
-        ranked = heapq.nsmallest(MAX_ALTERNATES + 1, scored, key=_rank)
+        # (-score, config index, candidate): the unique index settles every comparison
+        ranked = heapq.nsmallest(MAX_ALTERNATES + 1, scored)
         intent.alternates = tuple(c.id for _, _, c in ranked if c is not best)[:MAX_ALTERNATES]
-
-
-def _rank(entry: tuple[int, int, Candidate]) -> tuple[int, int]:
-    return entry[0], entry[1]
 
 
 def _missing(vision: bool, tools: bool, json_mode: bool, spec: object) -> list[str]:
