@@ -288,6 +288,8 @@ class Runtime:
                 interval = budget.reconciliation_interval_secs if budget else 60.0
                 if time.monotonic() - last_refresh >= interval:
                     last_refresh = time.monotonic()
+                    # reservations whose holder never settled them (e.g. a replica that died)
+                    await self.engine.ledger.expire(time.time())
                     await self.engine.ledger.refresh()
                 if self.demo:
                     self._roll_demo_loading()

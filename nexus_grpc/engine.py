@@ -164,7 +164,7 @@ class DecisionEngine:
         nothing and takes no slot; the caller charges the estimate at once."""
         # a second Decide with the same request_id replaces the first one's slot and reservation
         if take_slot and self._release_flight(request.request_id) is not None:
-            await self.ledger.release(request.request_id)
+            await self._release_reservation(request.request_id)
         t0 = time.perf_counter_ns()
         for _ in range(MAX_REDECIDE):
             decision = self.pipeline.decide(request, self.snapshot())
@@ -193,7 +193,10 @@ class DecisionEngine:
                 self._snap_month,
                 self.wall() + self.config.queue.in_flight_ttl_seconds,
             )
-            if await self.ledger.reserve(reservation, self._limits(decision, route.privacy_zone)):
+            # a free Route (a local backend) holds no money: no ledger write on its decision path
+            if cost == 0 or await self.ledger.reserve(
+                reservation, self._limits(decision, route.privacy_zone)
+            ):
                 self._advance(decision)
                 return self._observe(decision, request, time.perf_counter_ns() - t0)
             # another replica's spend made this Route cross a blocking limit: decide again
@@ -328,5 +331,9 @@ class DecisionEngine:
                 self.expired[rid] = flight
                 if len(self.expired) > MAX_EXPIRED_KEPT:
                     self.expired.popitem(last=False)
-            await self.ledger.release(rid)
+            await self._release_reservation(rid)
         return len(expired)
+
+    async def _release_reservation(self, request_id: str) -> None:
+        if self.ledger.reservation(request_id) is not None:  # free Routes reserve nothing
+            await self.ledger.release(request_id)

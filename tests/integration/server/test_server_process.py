@@ -15,6 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
+from nexus_grpc._gen.nexus.v1 import budget_pb2_grpc as bgrpc
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
 
@@ -132,3 +134,65 @@ def test_missing_config_file_exits_2(serve: Serve, tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert str(missing) in err
+
+
+# --- serve --workers N: N processes on one port sharing the sqlite ledger (SPEC §7) ---
+
+WORKERS_CONFIG = """\
+[server]
+drain_seconds = 0.1
+grace_seconds = 0.5
+workers = 2
+[ledger]
+kind = "sqlite"
+path = "ledger.db"
+[[backends]]
+id = "a"
+url = "http://127.0.0.1:9000"
+type = "ollama"
+[[backends.models]]
+id = "m"
+"""
+
+
+def _children(parent: subprocess.Popen[str]) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_workers_share_the_port_and_charge_each_outcome_once(serve: Serve, tmp_path: Path) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text(WORKERS_CONFIG)
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    proc = serve("--config", str(path), "--listen", target)
+    wait_serving(target, proc)
+    assert len(_children(proc)) == 2
+    # every call on its own connection, so the kernel spreads them over both workers
+    total = 0.0
+    for i in range(12):
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            stub = dgrpc.DecisionServiceStub(channel)
+            assert stub.Decide(dpb.DecideRequest(request_id=f"r{i}", model="m")).route.backend_id == "a"
+            report = dpb.ReportOutcomeRequest(request_id=f"r{i}", backend_id="a", success=True, cost_usd=0.5)
+            assert stub.ReportOutcome(report).recorded
+            total += 0.5
+    for i in range(12):  # retries land on either worker: the shared ledger refuses every one
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            stub = dgrpc.DecisionServiceStub(channel)
+            report = dpb.ReportOutcomeRequest(request_id=f"r{i}", backend_id="a", success=True, cost_usd=9.0)
+            again = stub.ReportOutcome(report)
+            assert (again.recorded, again.cost_usd) == (False, 0.5)
+    with grpc.insecure_channel(target) as channel:
+        budget = bgrpc.BudgetServiceStub(channel).GetBudget(bpb.GetBudgetRequest())
+    assert budget.budget.spent_usd == total
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert _children(proc) == []
+
+
+def test_workers_need_a_shared_ledger(serve: Serve) -> None:
+    proc = serve("--workers", "2", "--listen", f"127.0.0.1:{free_port()}")
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert "--workers > 1 needs --config with a sqlite or redis ledger" in err
