@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ class SqliteThread:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             self._conn = conn
             if setup is not None:
@@ -388,3 +389,16 @@ class LocalState:
     def _unjournal(self, entry: JournalEntry) -> None:
         del self.journaled[entry.request_id]
         _shift(self._dspent, entry.scopes, entry.month, entry.replaces_nano - entry.charge_nano)
+
+
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 200) -> None:
+    """Switch to WAL. Processes opening a new file together (`serve --workers N`) race for the
+    exclusive lock the switch needs, and sqlite reports "locked" at once instead of waiting."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.025)
