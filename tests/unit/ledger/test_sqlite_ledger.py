@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of, previous_month
 from nexus_grpc.ledger.factory import make_ledger
 from nexus_grpc.ledger.memory import MemoryLedger
@@ -230,3 +232,22 @@ def test_every_acknowledged_settle_survives_kill_9_exactly_once(tmp_path: Path) 
         await ledger.close()
 
     asyncio.run(after())
+
+
+def test_switching_to_wal_waits_out_another_process_holding_the_lock(tmp_path: Path) -> None:
+    """`serve --workers N` opens one new ledger file from N processes at once; the WAL switch
+    needs an exclusive lock and sqlite answers "locked" at once instead of waiting."""
+    from nexus_grpc.ledger.journal import _enable_wal
+
+    path = tmp_path / "fresh.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout=0")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _enable_wal(conn, attempts=1)
+    _enable_wal(conn)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    holder.close()
