@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -206,6 +207,8 @@ class Runtime:
 
     async def _serving(self) -> None:
         self.ready = True
+        # config, fleet and generated code are long-lived: keep them out of the collector's scans
+        gc.freeze()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         config = self.config
         log.info("serving on %s (config %s, %s ledger)", self.listen, config.version, self.engine.ledger.kind)
