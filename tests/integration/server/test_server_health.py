@@ -115,3 +115,36 @@ def test_second_server_on_a_taken_port_fails(small: TestServer, small_toml: str)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
     finally:
         stubs.close()
+
+
+def test_rpcs_beyond_max_concurrent_rpcs_are_refused_at_once(
+    start_server: Callable[..., TestServer], small_toml: str
+) -> None:
+    """Long-lived streams (ext_proc holds, health watches) count; the next RPC gets
+    RESOURCE_EXHAUSTED at once instead of piling up (SPEC §9)."""
+    text = small_toml.replace("[server]\n", "[server]\nmax_concurrent_rpcs = 2\n", 1)
+    server = start_server(config_text=text)
+    health = health_pb2_grpc.HealthStub(server.channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(2)]
+    for watch in watches:
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # both streams are open
+    decide = server.channel.unary_unary(
+        "/nexus.v1.DecisionService/Decide",
+        request_serializer=dpb.DecideRequest.SerializeToString,
+        response_deserializer=dpb.DecideResponse.FromString,
+    )
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        decide(dpb.DecideRequest(model="m"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert time.monotonic() - started < 5  # refused, not queued until the deadline
+    for watch in watches:
+        watch.cancel()
+    deadline = time.monotonic() + 10
+    while True:  # the slots free up once the server has seen the cancellations
+        try:
+            assert decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "local"
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+            time.sleep(0.05)
