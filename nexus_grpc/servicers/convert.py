@@ -7,8 +7,6 @@ import uuid
 from enum import IntEnum
 from typing import Any, TypeVar
 
-from google.protobuf.message import Message
-
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 from nexus_grpc.config.schema import Config, LimitsConfig
@@ -325,7 +323,3 @@ def backend_from_proto(msg: tpb.Backend, config: Config) -> BackendConfig:
         pricing=pricing,
         models=tuple(models),
     )
-
-
-def message_size(msg: Message) -> int:
-    return msg.ByteSize()
