@@ -47,6 +47,7 @@ from nexus_grpc.servicers.budget import BudgetServicer
 from nexus_grpc.servicers.decision import DecisionServicer
 from nexus_grpc.servicers.envoy import add_envoy_servicers
 from nexus_grpc.servicers.registry import RegistryServicer
+from nexus_grpc.state.admin_sync import AdminSync
 from nexus_grpc.state.health import HealthProber
 from nexus_grpc.state.registry import Registry
 from nexus_grpc.state.reload import ConfigWatcher
@@ -56,6 +57,7 @@ from nexus_grpc.telemetry.prometheus import serve_metrics
 log = logging.getLogger("nexus_grpc")
 # sections that need a restart; a reload reports a change to them and keeps the running values
 RESTART_SECTIONS = ("server", "ledger", "telemetry")
+ADMIN_SYNC_INTERVAL = 0.2  # seconds between reads of the other workers' admin changes
 
 SERVICE_NAMES = (
     decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
@@ -78,6 +80,7 @@ def make_ledger(config: Config) -> Ledger:
 class ServeOptions:
     listen: str | None = None  # overrides [server] listen
     reuse_port: bool = False  # --workers > 1
+    admin_sync: Path | None = None  # --workers > 1: the log the workers share admin changes through
 
 
 class Runtime:
@@ -172,7 +175,9 @@ class Runtime:
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.engine), server)
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.engine), server)
+        sync = AdminSync(options.admin_sync) if options.admin_sync is not None else None
+        self.registry_servicer = RegistryServicer(self.engine, sync)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(self.registry_servicer, server)
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(self.engine), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
         names = list(SERVICE_NAMES)
@@ -193,12 +198,29 @@ class Runtime:
         return self.port
 
     def _start_watchers(self) -> list[asyncio.Task[None]]:
-        """Active health probes, and the config file watch (`[server] watch_config`)."""
+        """Active health probes, the config file watch (`[server] watch_config`), and the other
+        workers' admin changes (`--workers N`)."""
         tasks = [asyncio.create_task(self.prober.run(), name="nexus-health-probes")]
+        if self.registry_servicer.sync is not None:
+            tasks.append(asyncio.create_task(self._replay_admin_changes(), name="nexus-admin-sync"))
         if self.config_path is not None and self.config.server.watch_config:
             watcher = ConfigWatcher(self.config_path, self.reload, lambda: self.config.version)
             tasks.append(asyncio.create_task(watcher.run(), name="nexus-config-watch"))
         return tasks
+
+    async def _replay_admin_changes(self) -> None:
+        sync = self.registry_servicer.sync
+        assert sync is not None
+        while True:
+            try:
+                for method, payload, age_ms in await sync.poll():
+                    try:
+                        self.registry_servicer.replay(method, payload, age_ms)
+                    except (LookupError, ValueError) as exc:  # e.g. removed here by a reload meanwhile
+                        log.warning("admin change %s from another worker not applied: %s", method, exc)
+            except Exception:
+                log.exception("reading the workers' admin changes failed; retrying")
+            await asyncio.sleep(ADMIN_SYNC_INTERVAL)
 
     async def _serve_after_probes(self) -> None:
         await self.prober.first_round.wait()

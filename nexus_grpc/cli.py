@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nexus_grpc import __version__
 
@@ -35,7 +36,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a pinned dependency
         pass
     try:
-        asyncio.run(serve(runtime, ServeOptions(listen=args.listen, reuse_port=args.reuse_port)))
+        options = ServeOptions(
+            listen=args.listen,
+            reuse_port=args.reuse_port,
+            admin_sync=Path(args.admin_sync) if args.admin_sync else None,
+        )
+        asyncio.run(serve(runtime, options))
     except OSError as exc:
         print(f"nexus-grpc: {exc}", file=sys.stderr)
         return 1
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="address to listen on, e.g. 127.0.0.1:50051 (overrides [server] listen)")
     s.add_argument("--workers", type=int, default=0, help="processes sharing the port")
     s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--admin-sync", help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("check-config", help="validate a configuration file")

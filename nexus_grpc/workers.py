@@ -1,17 +1,20 @@
 """`serve --workers N`: N processes share one port (SO_REUSEPORT) and one sqlite/redis ledger.
 
-In-flight counts and outcome statistics are per worker; budget spend is shared through the
-ledger; admin changes made through the registry API reach only the worker that served the call
-unless they are made in the config file and reloaded (SIGHUP is forwarded to every worker).
+In-flight counts, outcome statistics and health probes are per worker; budget spend is shared
+through the ledger; RegistryService admin changes reach every worker within ~0.2 s through a log
+that lives as long as this run (`state/admin_sync.py`); SIGHUP is forwarded to every worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 
 def run_workers(args: argparse.Namespace, workers: int) -> int:
@@ -28,7 +31,8 @@ def run_workers(args: argparse.Namespace, workers: int) -> int:
         "--config",
         args.config,
     ]
-    cmd += ["--workers", "1", "--reuse-port"]
+    sync_dir = tempfile.mkdtemp(prefix="nexus-workers-")
+    cmd += ["--workers", "1", "--reuse-port", "--admin-sync", str(Path(sync_dir) / "admin.db")]
     if args.listen:
         cmd += ["--listen", args.listen]
     children = [subprocess.Popen(cmd) for _ in range(workers)]
@@ -41,10 +45,13 @@ def run_workers(args: argparse.Namespace, workers: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     code = 0
-    while any(c.poll() is None for c in children):
-        time.sleep(0.2)
-        failed = [c for c in children if c.poll() not in (None, 0)]
-        if failed and not code:
-            code = failed[0].returncode or 1
-            forward(signal.SIGTERM, None)
+    try:
+        while any(c.poll() is None for c in children):
+            time.sleep(0.2)
+            failed = [c for c in children if c.poll() not in (None, 0)]
+            if failed and not code:
+                code = failed[0].returncode or 1
+                forward(signal.SIGTERM, None)
+    finally:
+        shutil.rmtree(sync_dir, ignore_errors=True)
     return code

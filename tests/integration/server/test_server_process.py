@@ -19,6 +19,9 @@ from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
 from nexus_grpc._gen.nexus.v1 import budget_pb2_grpc as bgrpc
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
+from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
+from nexus_grpc._gen.nexus.v1 import registry_pb2_grpc as rgrpc
+from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 
 Serve = Callable[..., subprocess.Popen[str]]
 
@@ -186,6 +189,19 @@ def test_workers_share_the_port_and_charge_each_outcome_once(serve: Serve, tmp_p
     with grpc.insecure_channel(target) as channel:
         budget = bgrpc.BudgetServiceStub(channel).GetBudget(bpb.GetBudgetRequest())
     assert budget.budget.spent_usd == total
+    # an admin change made through one worker reaches every worker (SPEC §7)
+    with grpc.insecure_channel(target) as channel:
+        rgrpc.RegistryServiceStub(channel).SetBackendState(
+            rpb.SetBackendStateRequest(
+                backend_id="a", status=tpb.BACKEND_STATUS_DRAINING, reason="maintenance"
+            )
+        )
+    time.sleep(1.0)  # workers read each other's changes every 0.2 s
+    for i in range(12):
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            resp = dgrpc.DecisionServiceStub(channel).Decide(dpb.DecideRequest(request_id=f"d{i}", model="m"))
+            assert resp.WhichOneof("decision") == "reject", resp
+            assert resp.reject.reasons[0].code == tpb.EXCLUSION_CODE_DRAINING
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert _children(proc) == []
