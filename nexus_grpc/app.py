@@ -57,6 +57,7 @@ from nexus_grpc.telemetry.prometheus import serve_metrics
 log = logging.getLogger("nexus_grpc")
 # sections that need a restart; a reload reports a change to them and keeps the running values
 RESTART_SECTIONS = ("server", "ledger", "telemetry")
+SHED_FRACTION = 0.9  # of max_concurrent_rpcs, above which normal-priority Decides are shed
 ADMIN_SYNC_INTERVAL = 0.2  # seconds between reads of the other workers' admin changes
 
 SERVICE_NAMES = (
@@ -97,6 +98,7 @@ class Runtime:
         self.refusing = False
         self.ready = False
         self.reload_failures = 0
+        self.active_rpcs = 0  # counted by GateInterceptor, this RPC included
         self.listen = config.server.listen
         self.port = 0
         self.server: grpc.aio.Server | None = None
@@ -109,6 +111,12 @@ class Runtime:
     @property
     def config(self) -> Config:
         return self.registry.config
+
+    def overloaded(self) -> bool:
+        """Above SHED_FRACTION of max_concurrent_rpcs (long-lived streams count), normal-priority
+        decisions are shed so that HIGH ones still get through; grpc refuses all beyond the max."""
+        limit = self.config.server.max_concurrent_rpcs
+        return self.active_rpcs > max(1, int(limit * SHED_FRACTION))
 
     @property
     def loopback_only(self) -> bool:
@@ -174,7 +182,9 @@ class Runtime:
             ],
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(self.engine), server)
+        decision_pb2_grpc.add_DecisionServiceServicer_to_server(
+            DecisionServicer(self.engine, self.overloaded), server
+        )
         sync = AdminSync(options.admin_sync) if options.admin_sync is not None else None
         self.registry_servicer = RegistryServicer(self.engine, sync)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(self.registry_servicer, server)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -61,24 +62,66 @@ class AdminServicer(agrpc.AdminServiceServicer):
         return apb.ReloadConfigResponse(config_version=config.version)
 
 
+_FACTORIES: dict[tuple[bool, bool], Any] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def _deny(
     handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     async def abort(request: Any, context: Ctx) -> None:
         await context.abort(code, message)
 
-    rs, ws = handler.request_streaming, handler.response_streaming
-    factory = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(rs, ws)]
-    return factory(
-        abort,
+    return _rebuilt(handler, abort)
+
+
+def _rebuilt(handler: grpc.RpcMethodHandler[Any, Any], behavior: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same kind and (de)serializers with another behavior."""
+    built: grpc.RpcMethodHandler[Any, Any] = _FACTORIES[
+        (handler.request_streaming, handler.response_streaming)
+    ](
+        behavior,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+    return built
+
+
+def _counted(handler: grpc.RpcMethodHandler[Any, Any], rt: Runtime) -> grpc.RpcMethodHandler[Any, Any]:
+    """Count the RPCs in progress (long-lived streams included), for overload shedding."""
+    rs, ws = handler.request_streaming, handler.response_streaming
+    inner: Any = {
+        (False, False): handler.unary_unary,
+        (False, True): handler.unary_stream,
+        (True, False): handler.stream_unary,
+        (True, True): handler.stream_stream,
+    }[(rs, ws)]
+    if inspect.isasyncgenfunction(inner):
+
+        async def stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            rt.active_rpcs += 1
+            try:
+                async for item in inner(request, context):
+                    yield item
+            finally:
+                rt.active_rpcs -= 1
+
+        behavior: Any = stream
+    else:
+
+        async def call(request: Any, context: Ctx) -> Any:
+            rt.active_rpcs += 1
+            try:
+                return await inner(request, context)
+            finally:
+                rt.active_rpcs -= 1
+
+        behavior = call
+    return _rebuilt(handler, behavior)
 
 
 def _bearer(metadata: Any) -> str | None:
@@ -103,6 +146,11 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(details)
         if handler is None:
             return handler
+        return _counted(self._gate(handler, details), self.runtime)
+
+    def _gate(
+        self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         method = details.method
         rt = self.runtime
         if method.startswith(OPEN_PREFIXES):

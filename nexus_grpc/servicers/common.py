@@ -23,6 +23,10 @@ class NotFound(LookupError):
     """An unknown id (NOT_FOUND)."""
 
 
+class Overloaded(RuntimeError):
+    """Shed under overload (RESOURCE_EXHAUSTED); HIGH priority requests are shed last."""
+
+
 class FailedPrecondition(RuntimeError):
     """The request is valid but the server state refuses it (FAILED_PRECONDITION)."""
 
@@ -41,6 +45,8 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except FailedPrecondition as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Overloaded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except grpc.aio.AbortError:
             raise
         except Exception:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
+from nexus_grpc.domain.enums import Priority
 from nexus_grpc.engine import DecisionEngine
-from nexus_grpc.servicers.common import rpc
+from nexus_grpc.servicers.common import Overloaded, rpc
 from nexus_grpc.servicers.convert import (
     budget_to_proto,
     decision_to_proto,
@@ -22,8 +24,9 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class DecisionServicer(dgrpc.DecisionServiceServicer):
-    def __init__(self, engine: DecisionEngine) -> None:
+    def __init__(self, engine: DecisionEngine, overloaded: Callable[[], bool] = lambda: False) -> None:
         self.engine = engine
+        self.overloaded = overloaded  # near max_concurrent_rpcs: shed all but HIGH priority
 
     def _require_tenant(self) -> bool:
         budget = self.engine.config.routing.budget
@@ -32,6 +35,8 @@ class DecisionServicer(dgrpc.DecisionServiceServicer):
     @rpc
     async def Decide(self, request: dpb.DecideRequest, context: Ctx) -> dpb.DecideResponse:
         req = request_from_proto(request, self.engine.config.limits, require_tenant=self._require_tenant())
+        if req.priority != Priority.HIGH and self.overloaded():
+            raise Overloaded("server near max_concurrent_rpcs: shedding normal-priority decisions")
         return decision_to_proto(await self.engine.decide(req))
 
     @rpc

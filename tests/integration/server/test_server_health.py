@@ -148,3 +148,37 @@ def test_rpcs_beyond_max_concurrent_rpcs_are_refused_at_once(
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_near_the_limit_normal_decisions_are_shed_before_high_ones(
+    start_server: Callable[..., TestServer], small_toml: str
+) -> None:
+    """SPEC §1.1: HIGH requests are the last to be shed under overload."""
+    text = small_toml.replace("[server]\n", "[server]\nmax_concurrent_rpcs = 4\n", 1)
+    server = start_server(config_text=text)
+    health = health_pb2_grpc.HealthStub(server.channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(3)]
+    for watch in watches:
+        next(watch)
+    decide = server.channel.unary_unary(
+        "/nexus.v1.DecisionService/Decide",
+        request_serializer=dpb.DecideRequest.SerializeToString,
+        response_deserializer=dpb.DecideResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        decide(dpb.DecideRequest(request_id="n", model="m"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "shedding normal-priority" in (info.value.details() or "")
+    high = decide(dpb.DecideRequest(request_id="h", model="m", priority=2), timeout=10)  # PRIORITY_HIGH
+    assert high.route.backend_id == "local", high
+    watches[0].cancel()
+    deadline = time.monotonic() + 10
+    while True:  # below the shedding line again: normal decisions pass ("h" replaces its own slot)
+        try:
+            assert decide(dpb.DecideRequest(request_id="h", model="m"), timeout=5).route.backend_id == "local"
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+            time.sleep(0.05)
+    for watch in watches[1:]:
+        watch.cancel()
