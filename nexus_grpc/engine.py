@@ -28,7 +28,7 @@ from nexus_grpc.telemetry.decision_log import record as log_record
 from nexus_grpc.telemetry.metrics import Metrics
 
 MAX_REDECIDE = 3
-MAX_EXPIRED_KEPT = 100_000  # expired flights remembered so a late report charges the right scopes
+MAX_EXPIRED_KEPT = 100_000  # decisions without a live slot (expired, ext_authz) kept for late reports
 
 
 @dataclass(slots=True)
@@ -266,7 +266,24 @@ class DecisionEngine:
 
     async def charge_estimate(self, decision: Decision) -> SettleResult:
         """ext_authz has no response phase: charge the Route's estimate at once under its
-        request id, provisionally; a later ReportOutcome with that id settles the actual cost."""
+        request id, provisionally; a later ReportOutcome with that id settles the actual cost
+        (priced with the routed model and decision's token estimates, like any late report)."""
+        route = decision.route
+        if route is not None:
+            est = decision.cost_estimate
+            self._remember(
+                Flight(
+                    decision.request_id,
+                    route.backend_id,
+                    route.model,
+                    decision.scopes,
+                    est.cost_nano,
+                    est.input_tokens,
+                    est.output_tokens,
+                    False,
+                    self.clock(),
+                )
+            )
         return await self.ledger.settle(
             decision.request_id,
             decision.scopes,
@@ -328,11 +345,15 @@ class DecisionEngine:
         for rid in expired:
             flight = self._release_flight(rid)
             if flight is not None:
-                self.expired[rid] = flight
-                if len(self.expired) > MAX_EXPIRED_KEPT:
-                    self.expired.popitem(last=False)
+                self._remember(flight)
             await self._release_reservation(rid)
         return len(expired)
+
+    def _remember(self, flight: Flight) -> None:
+        """Keep what a decision was (scopes, model, estimate) for a report that comes later."""
+        self.expired[flight.request_id] = flight
+        if len(self.expired) > MAX_EXPIRED_KEPT:
+            self.expired.popitem(last=False)
 
     async def _release_reservation(self, request_id: str) -> None:
         if self.ledger.reservation(request_id) is not None:  # free Routes reserve nothing

@@ -519,3 +519,27 @@ def test_engine_builder_wires_fake_time_and_a_seeded_rng() -> None:
     assert eng.rng.random() == random.Random(11).random()
     with pytest.raises(ValueError):
         clock.advance(-1.0)
+
+
+def test_ext_authz_charge_is_settled_by_a_report_without_model_or_tenant() -> None:
+    """ext_authz takes no slot and charges the estimate at once; the later report (which may carry
+    only the tokens) is priced with the routed model and charged to the decision's scopes."""
+    eng = cloud_engine(tenants={"acme": 10.0})
+    req = request("gpt-4-turbo", request_id="z1", estimated_input_tokens=1000, tenant="acme")
+    decision = asyncio.run(eng.decide(req, take_slot=False))
+    assert decision.route is not None
+    charged = asyncio.run(eng.charge_estimate(decision))
+    assert (charged.recorded, charged.charged_nano) == (True, TURBO_1K)
+    assert slots(eng) == {"a": set(), "b": set()}
+    assert totals(eng, "acme") == (TURBO_1K, 0)
+    result = report(eng, Outcome("z1", decision.route.backend_id, success=True, output_tokens=100))
+    actual = 1000 * 10_000 + 100 * 30_000  # gpt-4-turbo prices; input from the decision's estimate
+    assert (result.settle.recorded, result.settle.charged_nano, result.settle.estimated) == (
+        True,
+        actual,
+        False,
+    )
+    assert totals(eng, "global") == (actual, 0)
+    assert totals(eng, "acme") == (actual, 0)  # the provisional charge was replaced, not added
+    again = report(eng, Outcome("z1", decision.route.backend_id, success=True, output_tokens=999))
+    assert (again.settle.recorded, again.settle.charged_nano) == (False, actual)
