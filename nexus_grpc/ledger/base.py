@@ -1,38 +1,64 @@
-"""The Ledger protocol (SPEC §5). Money is integer nano-USD; months are UTC 'YYYY-MM'.
+"""The Ledger protocol. Money is integer nano-USD; months are UTC 'YYYY-MM'.
+
+Every entry is keyed by a **decision key**: the server-issued decision id of a Route, or, for a
+report about a decision this server never made, a key derived from the reported id. Keys are
+never a caller's request id, so reused request ids cannot merge charges. Reservations and charges
+also carry the caller's `request_id` as a label, so that a report naming only a request id finds
+the oldest unsettled decision of that id — also one made before a restart or by another replica.
 
 Reads on the decision path (`totals`, `reservation`) are synchronous and served from memory:
 a ledger keeps a cache of every scope's totals with its own changes applied at once and other
-replicas' changes re-read by `refresh()`. Writes are async and durable before they return.
+replicas' changes re-read by `refresh()`. Writes are async and durable before they return; a
+write that cannot be stored raises `LedgerError` (and sets `write_error` until a write succeeds
+again), never a backend-specific exception.
+
+Amounts are clamped into 0..`MAX_AMOUNT_NANO` before they are stored and totals saturate at
+`MAX_TOTAL_NANO`, so no sequence of writes can overflow a 64-bit integer in any store.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
-GLOBAL_SCOPE = "global"
+from nexus_grpc.domain.months import month_of, month_start, next_month_start, previous_month
+from nexus_grpc.domain.scopes import GLOBAL
+from nexus_grpc.errors import LedgerError
+
+__all__ = [
+    "GLOBAL_SCOPE",
+    "MAX_AMOUNT_NANO",
+    "MAX_TOTAL_NANO",
+    "Ledger",
+    "LedgerError",
+    "Pending",
+    "Reservation",
+    "SettleResult",
+    "Totals",
+    "clamp_amount",
+    "month_of",
+    "month_start",
+    "next_month_start",
+    "previous_month",
+    "saturate",
+]
+
+GLOBAL_SCOPE = GLOBAL
+
+# One reservation or charge: at most 2**53 nano-USD (about 9 million USD; exact as a double too).
+MAX_AMOUNT_NANO = 2**53
+# A scope's spent or reserved total saturates here (about 2.3 billion USD), far below int64.
+MAX_TOTAL_NANO = 2**61
 
 
-def month_of(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m")
+def clamp_amount(nano: int) -> int:
+    """An amount as stored: 0..MAX_AMOUNT_NANO."""
+    return 0 if nano < 0 else min(nano, MAX_AMOUNT_NANO)
 
 
-def month_start(epoch_seconds: float) -> float:
-    d = datetime.fromtimestamp(epoch_seconds, tz=UTC)
-    return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
-
-
-def next_month_start(epoch_seconds: float) -> float:
-    d = datetime.fromtimestamp(epoch_seconds, tz=UTC)
-    year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
-    return datetime(year, month, 1, tzinfo=UTC).timestamp()
-
-
-def previous_month(month: str) -> str:
-    year, mon = int(month[:4]), int(month[5:7])
-    return f"{year - 1}-12" if mon == 1 else f"{year}-{mon - 1:02d}"
+def saturate(total: int) -> int:
+    """A total as stored: 0..MAX_TOTAL_NANO."""
+    return 0 if total < 0 else min(total, MAX_TOTAL_NANO)
 
 
 class Totals(NamedTuple):
@@ -45,23 +71,33 @@ class Totals(NamedTuple):
 
 
 class Reservation(NamedTuple):
-    """The estimate of a routed, not yet reported request, held in each of its scopes."""
+    """The estimate of a routed, not yet reported decision, held in each of its scopes."""
 
-    request_id: str
+    key: str  # the decision key
     scopes: tuple[str, ...]
     amount_nano: int
     month: str
     expires_at: float  # wall-clock epoch seconds
+    request_id: str = ""  # the caller's label (reports by request id find the decision by it)
+    note: str = ""  # opaque to the ledger: what the engine needs to price a later report
 
 
 class SettleResult(NamedTuple):
-    recorded: bool  # False: this request_id was already charged (a duplicate)
+    recorded: bool  # False: this key was already charged (a duplicate)
     charged_nano: int  # on a duplicate, what was charged the first time
     estimated: bool
 
 
-class LedgerUnavailable(Exception):
-    """The backing store cannot be reached."""
+class Pending(NamedTuple):
+    """An unsettled decision the ledger holds: reserved, or charged provisionally (ext_authz)."""
+
+    key: str
+    scopes: tuple[str, ...]
+    amount_nano: int  # the reservation, or the provisional charge
+    month: str
+    request_id: str
+    note: str
+    provisional: bool
 
 
 class Ledger(Protocol):
@@ -72,7 +108,14 @@ class Ledger(Protocol):
         """False while the backing store is unreachable (budget fails open)."""
         ...
 
-    async def start(self) -> None: ...
+    @property
+    def write_error(self) -> str | None:
+        """None while writes succeed; else why the last one failed ("disk full", ...)."""
+        ...
+
+    async def start(self) -> None:
+        """Open the store; a store that cannot be opened raises LedgerError naming it."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -80,40 +123,58 @@ class Ledger(Protocol):
         """Cached totals (own changes included); None when unknown: never read from the store."""
         ...
 
-    def reservation(self, request_id: str) -> Reservation | None: ...
+    def reservation(self, key: str) -> Reservation | None: ...
 
     async def reserve(self, reservation: Reservation, limits: Mapping[str, int] | None = None) -> bool:
-        """Hold `amount_nano` in every scope, replacing a reservation with the same request_id.
+        """Hold `amount_nano` in every scope, replacing a reservation with the same key.
 
         With `limits` (scope -> limit in nano-USD), check-and-reserve atomically: refuse (return
         False, reserve nothing) when spent + reserved + amount would cross a scope's limit. The
-        earlier reservation of the same request_id is dropped either way (it is being replaced).
+        earlier reservation of the same key is dropped either way (it is being replaced).
         """
         ...
 
-    async def release(self, request_id: str) -> None:
-        """Drop a reservation (expired, or replaced by a re-decision)."""
+    async def release(self, key: str) -> None:
+        """Drop a reservation (expired, or the decision failed)."""
         ...
 
     async def expire(self, now: float) -> list[str]:
-        """Release every reservation whose `expires_at` <= `now`; return their request_ids."""
+        """Release every reservation whose `expires_at` <= `now`; return their keys."""
         ...
 
     async def settle(
         self,
-        request_id: str,
+        key: str,
         scopes: Sequence[str],
         charge_nano: int,
         month: str,
         *,
         estimated: bool,
         provisional: bool = False,
+        request_id: str = "",
+        note: str = "",
     ) -> SettleResult:
-        """Charge once per request_id, releasing its reservation; durable before returning.
+        """Charge once per key, releasing its reservation; durable before returning.
 
         A provisional charge (ext_authz's at-decision estimate) is replaced once by the next
-        settle of the same id; every other repeat returns recorded=False and the first charge.
+        settle of the same key; every other repeat returns recorded=False and the first charge.
+        A settle that replaces a provisional charge keeps that charge's scopes and month.
         """
+        ...
+
+    async def find(self, key: str) -> Pending | SettleResult | None:
+        """What the ledger knows of `key`: unsettled (Pending), settled (its SettleResult), or
+        nothing (None)."""
+        ...
+
+    async def find_request(self, request_id: str) -> Pending | SettleResult | None:
+        """The oldest unsettled decision labelled `request_id` (Pending); else the result of the
+        latest settled one (a repeated report); None when the ledger knows neither."""
+        ...
+
+    async def check_writable(self) -> bool:
+        """Try a small durable write; on success `write_error` is cleared. Called while a
+        write error is set, so that the ledger recovers without waiting for traffic."""
         ...
 
     async def get(self, scope: str, month: str) -> Totals:
@@ -123,7 +184,3 @@ class Ledger(Protocol):
     async def refresh(self) -> None:
         """Re-read totals changed by other replicas."""
         ...
-
-
-def now() -> float:
-    return time.time()

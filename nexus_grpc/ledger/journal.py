@@ -320,11 +320,11 @@ class LocalState:
                 _shift(self._dreserved, r.scopes, r.month, sign * r.amount_nano)
 
     def stored_ok(self, r: Reservation) -> None:
-        self.stored[r.request_id] = r
+        self.stored[r.key] = r
 
     def hold_locally(self, r: Reservation) -> None:
-        self.release_locally(r.request_id)
-        self.local[r.request_id] = r
+        self.release_locally(r.key)
+        self.local[r.key] = r
         _shift(self._dreserved, r.scopes, r.month, r.amount_nano)
 
     def release_locally(self, request_id: str) -> bool:

@@ -27,9 +27,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of, now, previous_month
+from nexus_grpc.ledger.base import Pending, Reservation, SettleResult, Totals, month_of, previous_month
 from nexus_grpc.ledger.journal import Journal, JournalEntry, KnownCharge, LocalState, TaskSet
 
+now = time.time
 log = logging.getLogger(__name__)
 
 _PRELUDE = """
@@ -173,6 +174,19 @@ class RedisLedger:
         self.failures = 0  # store calls that failed (a metric; also lets tests count slow paths)
 
     @property
+    def write_error(self) -> str | None:
+        return None
+
+    async def check_writable(self) -> bool:
+        return True
+
+    async def find(self, key: str) -> Pending | SettleResult | None:
+        return None
+
+    async def find_request(self, request_id: str) -> Pending | SettleResult | None:
+        return None
+
+    @property
     def available(self) -> bool:
         return self._up
 
@@ -212,8 +226,8 @@ class RedisLedger:
     def totals(self, scope: str, month: str) -> Totals | None:
         return self._state.view(scope, month)
 
-    def reservation(self, request_id: str) -> Reservation | None:
-        return self._state.reservation(request_id)
+    def reservation(self, key: str) -> Reservation | None:
+        return self._state.reservation(key)
 
     async def get(self, scope: str, month: str) -> Totals:
         if self._up:
@@ -231,11 +245,11 @@ class RedisLedger:
     async def reserve(self, reservation: Reservation, limits: Mapping[str, int] | None = None) -> bool:
         r = reservation
         if self._up:
-            async with self._ordered(r.request_id):
+            async with self._ordered(r.key):
                 if self._up:
                     with contextlib.suppress(_Down):
                         head = await self._script("reserve", self._reserve_args(r, limits or {}))
-                        self._state.forget(r.request_id)
+                        self._state.forget(r.key)
                         if head[0] == 1:
                             self._state.stored_ok(r)
                         return bool(head[0] == 1)
@@ -244,19 +258,19 @@ class RedisLedger:
 
     def _reserve_args(self, r: Reservation, limits: Mapping[str, int]) -> list[str | int]:
         deadline = max(r.expires_at, now()) + self._grace_secs  # a safety net: expire() drops it first
-        args: list[str | int] = [r.request_id, str(r.amount_nano), r.month, repr(r.expires_at)]
+        args: list[str | int] = [r.key, str(r.amount_nano), r.month, repr(r.expires_at)]
         args += [int(deadline * 1000), len(r.scopes), *r.scopes]
         return args + [str(limits.get(scope, 0)) for scope in r.scopes]
 
-    async def release(self, request_id: str) -> None:
+    async def release(self, key: str) -> None:
         if self._up:
-            async with self._ordered(request_id):
+            async with self._ordered(key):
                 if self._up:
                     with contextlib.suppress(_Down):
-                        await self._script("release", [request_id])
-                        self._state.forget(request_id)
+                        await self._script("release", [key])
+                        self._state.forget(key)
                         return
-        self._state.release_locally(request_id)
+        self._state.release_locally(key)
 
     async def expire(self, now: float) -> list[str]:
         released: list[str] = []
@@ -275,15 +289,17 @@ class RedisLedger:
 
     async def settle(
         self,
-        request_id: str,
+        key: str,
         scopes: Sequence[str],
         charge_nano: int,
         month: str,
         *,
         estimated: bool,
         provisional: bool = False,
+        request_id: str = "",
+        note: str = "",
     ) -> SettleResult:
-        entry = JournalEntry(request_id, tuple(scopes), month, charge_nano, estimated, provisional)
+        entry = JournalEntry(key, tuple(scopes), month, charge_nano, estimated, provisional)
         return await self._writes.shielded(self._settle_serialised(entry))
 
     async def _settle_serialised(self, entry: JournalEntry) -> SettleResult:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of, now, previous_month
+from nexus_grpc.ledger.base import Pending, Reservation, SettleResult, Totals, month_of, previous_month
 from nexus_grpc.ledger.journal import SqliteThread, TaskSet
 
+now = time.time
 T = TypeVar("T")
 _Key = tuple[str, str]  # (scope, month)
 
@@ -110,7 +112,7 @@ def _reserve_tx(
     conn: sqlite3.Connection, r: Reservation, limits: Mapping[str, int] | None
 ) -> tuple[bool, _Changes]:
     ch = _Changes()
-    _drop(conn, r.request_id, ch)
+    _drop(conn, r.key, ch)
     if limits:
         for scope in r.scopes:
             limit = limits.get(scope, 0)
@@ -120,7 +122,7 @@ def _reserve_tx(
     conn.execute(
         "INSERT INTO ledger_reservations (request_id, scopes, amount_nano, month, expires_at)"
         " VALUES (?, ?, ?, ?, ?)",
-        (r.request_id, json.dumps(list(r.scopes)), r.amount_nano, r.month, r.expires_at),
+        (r.key, json.dumps(list(r.scopes)), r.amount_nano, r.month, r.expires_at),
     )
     for scope in r.scopes:
         _add(conn, "reserved_nano", scope, r.month, r.amount_nano, ch)
@@ -210,6 +212,19 @@ class SqliteLedger:
         self._writes = TaskSet()
 
     @property
+    def write_error(self) -> str | None:
+        return None
+
+    async def check_writable(self) -> bool:
+        return True
+
+    async def find(self, key: str) -> Pending | SettleResult | None:
+        return None
+
+    async def find_request(self, request_id: str) -> Pending | SettleResult | None:
+        return None
+
+    @property
     def available(self) -> bool:
         return self._started
 
@@ -232,14 +247,14 @@ class SqliteLedger:
             return None
         return self._totals.get((scope, month), Totals())
 
-    def reservation(self, request_id: str) -> Reservation | None:
-        return self._reservations.get(request_id)
+    def reservation(self, key: str) -> Reservation | None:
+        return self._reservations.get(key)
 
     async def reserve(self, reservation: Reservation, limits: Mapping[str, int] | None = None) -> bool:
         return await self._write(lambda conn: _reserve_tx(conn, reservation, limits))
 
-    async def release(self, request_id: str) -> None:
-        await self._write(lambda conn: _release_tx(conn, request_id))
+    async def release(self, key: str) -> None:
+        await self._write(lambda conn: _release_tx(conn, key))
 
     async def expire(self, now: float) -> list[str]:
         released = await self._write(lambda conn: _expire_tx(conn, now))
@@ -249,18 +264,20 @@ class SqliteLedger:
 
     async def settle(
         self,
-        request_id: str,
+        key: str,
         scopes: Sequence[str],
         charge_nano: int,
         month: str,
         *,
         estimated: bool,
         provisional: bool = False,
+        request_id: str = "",
+        note: str = "",
     ) -> SettleResult:
         created = month_of(now())
         return await self._write(
             lambda conn: _settle_tx(
-                conn, request_id, tuple(scopes), charge_nano, month, estimated, provisional, created
+                conn, key, tuple(scopes), charge_nano, month, estimated, provisional, created
             )
         )
 
@@ -278,7 +295,7 @@ class SqliteLedger:
             for rid in ch.dropped:
                 self._reservations.pop(rid, None)
             if ch.added is not None:
-                self._reservations[ch.added.request_id] = ch.added
+                self._reservations[ch.added.key] = ch.added
             self._totals.update(ch.fresh)
             return value
 
