@@ -1,89 +1,58 @@
 """The decision engine: runs the pipeline on a snapshot and applies a decision's side effects
-(in-flight slot, reservation, round-robin advance, quality trial) and outcomes (charge, stats).
+(decision id, in-flight slot, reservation, round-robin advance, quality trial) and outcomes
+(charge, statistics).
 
 Protocol-free: the gRPC servicers and the Envoy adapters all call this one object.
+
+The accounting key is always the engine's own decision, never a caller's string: every Route
+gets a server-issued `decision_id`; a report settles exactly that decision (by `decision_id`) or
+the oldest unsettled decision of its `request_id`. Reports are priced and counted by what the
+engine decided (see `charges.py`); only reports of decisions this process made feed statistics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nexus_grpc.charges import charge_for
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.decision import BudgetView, Decision, Reject
-from nexus_grpc.domain.enums import Priority, PrivacyZone, RejectCode
-from nexus_grpc.domain.money import usd_to_nano
+from nexus_grpc.domain.enums import PrivacyZone, RejectCode
+from nexus_grpc.domain.months import MonthClock
 from nexus_grpc.domain.request import DecisionRequest, Outcome
-from nexus_grpc.ledger.base import Ledger, Reservation, SettleResult, month_of, month_start, next_month_start
-from nexus_grpc.pipeline.budget import GLOBAL, scope_view, scopes_for
+from nexus_grpc.domain.scopes import GLOBAL, scopes_for
+from nexus_grpc.ledger.base import Ledger, LedgerError, Pending, Reservation, SettleResult
+from nexus_grpc.pipeline.budget import scope_view
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.pipeline.snapshot import Snapshot
+from nexus_grpc.state.flights import Basis, DecisionIds, Flight, FlightBook
+from nexus_grpc.state.quality import record_outcome, trial_started
 from nexus_grpc.state.registry import Registry
+from nexus_grpc.state.watch import StateWatch
 from nexus_grpc.telemetry.decision_log import DecisionLog
 from nexus_grpc.telemetry.decision_log import record as log_record
 from nexus_grpc.telemetry.metrics import Metrics
 
+__all__ = ["DecisionEngine", "OutcomeResult", "StateWatch"]
+
+log = logging.getLogger("nexus_grpc")
+
 MAX_REDECIDE = 3
-MAX_EXPIRED_KEPT = 100_000  # decisions without a live slot (expired, ext_authz) kept for late reports
-
-
-@dataclass(slots=True)
-class Flight:
-    """A routed request awaiting its outcome."""
-
-    request_id: str
-    backend_id: str
-    model: str
-    scopes: tuple[str, ...]
-    estimate_nano: int
-    input_tokens: int
-    output_tokens: int
-    stream: bool
-    expires_at: float  # monotonic
+RETRY_KEPT = 10_000  # outcomes kept for a retry while the ledger cannot store them
+UNKNOWN_PREFIX = "r:"  # ledger key of a report for a request id no decision is known for
 
 
 @dataclass(frozen=True, slots=True)
 class OutcomeResult:
     settle: SettleResult
     budget: BudgetView
-
-
-class StateWatch:
-    """Wakes waiters (ext_proc Queue holds) when in-flight or backend state changes."""
-
-    def __init__(self) -> None:
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-
-    def notify(self) -> None:
-        if not self._waiters:
-            return
-        waiters, self._waiters = self._waiters, []
-        waiters.sort(key=lambda w: -w[0])  # HIGH priority first
-        for _, fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def wait(
-        self,
-        timeout: float,  # noqa: ASYNC109 - a hold's remaining time
-        priority: Priority = Priority.NORMAL,
-    ) -> bool:
-        """True when something changed before `timeout` seconds."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (int(priority), fut)
-        self._waiters.append(entry)
-        try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
+    decision_id: str = ""  # the decision the report settled; "" when no decision was known
 
 
 class DecisionEngine:
@@ -96,6 +65,7 @@ class DecisionEngine:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        ids: Callable[[], str] | None = None,
     ) -> None:
         self.registry = registry
         self.pipeline = pipeline
@@ -103,37 +73,32 @@ class DecisionEngine:
         self.clock = clock
         self.wall = wall
         self.rng = rng or random.Random()
+        self.ids = ids or DecisionIds()
         self.rr: dict[str, int] = {}
-        self.flights: dict[str, Flight] = {}
-        self.expired: OrderedDict[str, Flight] = OrderedDict()
+        self.flights = FlightBook()
         self.watch = StateWatch()
-        self.outcomes_estimated = 0
         self.metrics = Metrics()
-        self._month = ""
-        self._month_from = self._month_until = 0.0
-        self._snap_month = ""
+        self.month = MonthClock()
         self.decision_log: DecisionLog | None = None
+        self.outcomes_estimated = 0
+        self.outcomes_unknown = 0  # reports for decisions this process did not make
+        self.outcomes_clamped = 0  # charges cut to [limits] max_charge_usd
+        self._background: set[asyncio.Task[None]] = set()
+        # outcomes accepted from Envoy whose charge the ledger could not store yet
+        self._retry: deque[Outcome] = deque(maxlen=RETRY_KEPT)
 
     @property
     def config(self) -> Config:
         return self.registry.config
 
-    def month(self, wall: float) -> str:
-        """The UTC month of `wall`, recomputed only when a month boundary is crossed."""
-        if not self._month_from <= wall < self._month_until:
-            self._month = month_of(wall)
-            self._month_from = month_start(wall)
-            self._month_until = next_month_start(wall)
-        return self._month
-
-    def _read_totals(self, scope: str) -> tuple[int, int] | None:
-        return self.ledger.totals(scope, self._snap_month)
-
     def snapshot(self, *, rng: random.Random | None = None) -> Snapshot:
         wall = self.wall()
-        month = self._snap_month = self.month(wall)
-        fleet = self.registry.fleet
-        return Snapshot(fleet, self.clock(), wall, self._read_totals, month, rng or self.rng, self.rr)
+        month = self.month(wall)
+        return Snapshot(
+            self.registry.fleet, self.clock(), wall, self.ledger.totals, month, rng or self.rng, self.rr
+        )
+
+    # -- decisions -----------------------------------------------------------------------------
 
     def explain(self, request: DecisionRequest) -> Decision:
         """The same pipeline without side effects: a copy of the RNG, no slot, no reservation."""
@@ -144,6 +109,284 @@ class DecisionEngine:
         if self.decision_log is not None:
             self._log(decision, request, time.perf_counter_ns() - t0, explain=True)
         return decision
+
+    async def decide(self, request: DecisionRequest, *, take_slot: bool = True) -> Decision:
+        """Decide and apply the Route's side effects. `take_slot=False` (ext_authz) takes no slot
+        and reserves nothing; the caller charges the estimate at once (`charge_estimate`).
+        A reservation the ledger cannot store raises LedgerError, holding nothing."""
+        t0 = time.perf_counter_ns()
+        for _ in range(MAX_REDECIDE):
+            snap = self.snapshot()
+            decision = self.pipeline.decide(request, snap)
+            route = decision.route
+            if route is None:
+                return self._observe(decision, request, time.perf_counter_ns() - t0)
+            decision = decision._replace(decision_id=self.ids())
+            flight = self._flight(decision, request, snap)
+            if not take_slot:
+                self.flights.keep(flight)
+                self._advance(decision)
+                return self._observe(decision, request, time.perf_counter_ns() - t0)
+            found = self.registry.get(route.backend_id)
+            flight.live = found[1] if found is not None else None
+            self.flights.take(flight)
+            if flight.live is not None:
+                trial_started(flight.live, snap.now)
+            self.watch.notify()
+            cost = decision.cost_estimate.cost_nano
+            # a free Route (a local backend) holds no money: no ledger write on its decision path
+            if cost == 0 or await self._reserve(flight, decision, snap):
+                self._advance(decision)
+                return self._observe(decision, request, time.perf_counter_ns() - t0)
+            # another replica's spend made this Route cross a blocking limit: decide again
+            self._forget(flight)
+        # the ledger kept refusing: never return a Route that holds no reservation
+        refused = decision._replace(
+            decision_id="",
+            verdict=Reject(
+                RejectCode.BUDGET_EXHAUSTED,
+                "Request rejected: the budget ledger refused the reservation "
+                f"{MAX_REDECIDE} times (concurrent spend on other replicas)",
+                1000,
+            ),
+        )
+        return self._observe(refused, request, time.perf_counter_ns() - t0)
+
+    def _flight(self, decision: Decision, request: DecisionRequest, snap: Snapshot) -> Flight:
+        route = decision.route
+        assert route is not None
+        est = decision.cost_estimate
+        basis = Basis(
+            route.backend_id,
+            route.model,
+            route.alternates,
+            est.input_tokens,
+            est.output_tokens,
+            est.cost_nano,
+        )
+        ttl = self.config.queue.in_flight_ttl_seconds
+        return Flight(
+            decision.decision_id,
+            request.request_id,
+            basis,
+            decision.scopes,
+            request.stream,
+            snap.now + ttl,
+            None,
+        )
+
+    async def _reserve(self, flight: Flight, decision: Decision, snap: Snapshot) -> bool:
+        route = decision.route
+        assert route is not None
+        reservation = Reservation(
+            flight.decision_id,
+            flight.scopes,
+            decision.cost_estimate.cost_nano,
+            snap.month,
+            snap.wall + self.config.queue.in_flight_ttl_seconds,
+            request_id=flight.request_id,
+            note=flight.basis.note(),
+        )
+        try:
+            ok = await self.ledger.reserve(reservation, self._limits(decision, route.privacy_zone))
+        except BaseException:
+            # the ledger could not store it, or the caller went away while it did: hold nothing
+            self._forget(flight)
+            self._release_later(flight.decision_id)
+            raise
+        flight.reserved = ok
+        return ok
+
+    def _forget(self, flight: Flight) -> None:
+        self.flights.drop(flight)
+        self.watch.notify()
+
+    def _release_later(self, key: str) -> None:
+        """Release a reservation that may have been stored, off the caller's path."""
+
+        async def release() -> None:
+            try:
+                await self.ledger.release(key)
+            except LedgerError as exc:
+                log.warning("releasing reservation %s failed (it expires on its own): %s", key, exc)
+
+        task = asyncio.ensure_future(release())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _limits(self, decision: Decision, zone: PrivacyZone) -> dict[str, int] | None:
+        budget = self.config.routing.budget
+        if budget is None or budget.hard_limit_action == "warn" or decision.cost_estimate.cost_nano == 0:
+            return None
+        if budget.hard_limit_action == "block_cloud" and zone == PrivacyZone.RESTRICTED:
+            return None
+        limits: dict[str, int] = {}
+        for scope in decision.scopes:
+            limit = budget.monthly_limit_nano if scope == GLOBAL else budget.tenants.get(scope, 0)
+            if limit > 0:
+                limits[scope] = limit
+        return limits or None
+
+    def _advance(self, decision: Decision) -> None:
+        route = decision.route
+        if route is not None and self.config.routing.strategy == "round_robin":
+            self.rr[route.model] = self.rr.get(route.model, 0) + 1
+
+    async def charge_estimate(self, decision: Decision) -> SettleResult:
+        """ext_authz has no response phase: charge the Route's estimate at once, provisionally,
+        under its decision id; a later report of that decision settles the actual cost."""
+        flight = self.flights.get(decision.decision_id)
+        est = decision.cost_estimate
+        note = flight.basis.note() if flight is not None else ""
+        request_id = flight.request_id if flight is not None else decision.request_id
+        try:
+            return await self.ledger.settle(
+                decision.decision_id,
+                decision.scopes,
+                est.cost_nano,
+                self.month(self.wall()),
+                estimated=True,
+                provisional=True,
+                request_id=request_id,
+                note=note,
+            )
+        except BaseException:
+            if flight is not None:
+                self.flights.drop(flight)
+            raise
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    async def report_outcome(self, outcome: Outcome) -> OutcomeResult:
+        """Settle the decision a report names. Raises LedgerError (nothing acknowledged, the
+        decision stays unsettled for a retry) when the ledger cannot store the charge."""
+        book = self.flights
+        flight: Flight | None = None
+        pending: Pending | None = None
+        if outcome.decision_id:
+            key = outcome.decision_id
+            flight = book.get(key)
+            if flight is None:
+                found = await self.ledger.find(key)
+                if isinstance(found, SettleResult):
+                    return self._result(found, _tenant_of(outcome, None), key)
+                pending = found
+        else:
+            flight = book.claim_oldest(outcome.request_id)
+            if flight is None:
+                found = await self.ledger.find_request(outcome.request_id)
+                if isinstance(found, SettleResult):
+                    return self._result(found, outcome.tenant, book.last_settled(outcome.request_id) or "")
+                pending = found
+            if flight is not None:
+                key = flight.decision_id
+            elif pending is not None:
+                key = pending.key
+            else:
+                key = book.last_settled(outcome.request_id) or UNKNOWN_PREFIX + outcome.request_id
+        if flight is not None:
+            book.claim(flight)
+            if book.free_slot(flight):
+                self.watch.notify()
+        try:
+            result = await self._settle(outcome, key, flight, pending)
+        except BaseException:
+            if flight is not None:
+                book.unclaim(flight)
+            raise
+        if flight is not None:
+            book.settled(flight)
+            if result.recorded and flight.basis.served_by(outcome.backend_id):
+                self._record_stats(outcome, flight)
+        elif result.recorded:
+            self.outcomes_unknown += 1
+        if result.recorded and result.estimated:
+            self.outcomes_estimated += 1
+        scopes = flight.scopes if flight is not None else pending.scopes if pending is not None else ()
+        tenant = scopes[1] if len(scopes) > 1 else outcome.tenant if not scopes else ""
+        return self._result(result, tenant, key if (flight is not None or pending is not None) else "")
+
+    async def _settle(
+        self, outcome: Outcome, key: str, flight: Flight | None, pending: Pending | None
+    ) -> SettleResult:
+        if flight is not None:
+            basis: Basis | None = flight.basis
+            scopes = flight.scopes
+            request_id = flight.request_id
+        elif pending is not None:
+            basis = Basis.from_note(pending.note, pending.amount_nano)
+            if basis is None:  # a decision whose note is unreadable: priced as reported
+                basis = Basis("", outcome.model, (), 0, 0, pending.amount_nano)
+            scopes = pending.scopes
+            request_id = pending.request_id
+        else:
+            basis = None
+            scopes = scopes_for(outcome.tenant)
+            request_id = outcome.request_id
+        charge = charge_for(outcome, basis, self.config, self.registry.fleet.by_id)
+        if charge.clamped:
+            self.outcomes_clamped += 1
+            log.warning("outcome for %s charged the ceiling [limits] max_charge_usd", key)
+        return await self.ledger.settle(
+            key,
+            scopes,
+            charge.nano,
+            self.month(self.wall()),
+            estimated=charge.estimated,
+            request_id=request_id,
+            note=basis.note() if basis is not None and basis.backend_id else "",
+        )
+
+    def _result(self, settle: SettleResult, tenant: str, decision_id: str) -> OutcomeResult:
+        snap = self.snapshot()
+        return OutcomeResult(settle, scope_view(snap, tenant or GLOBAL), decision_id)
+
+    def _record_stats(self, outcome: Outcome, flight: Flight) -> None:
+        found = self.registry.get(outcome.backend_id)
+        if found is None:
+            return
+        record_outcome(found[1], outcome, streamed=flight.stream, now=self.clock(), q=self.config.quality)
+        self.watch.notify()
+
+    def retry_report(self, outcome: Outcome) -> None:
+        """Keep an outcome whose charge could not be stored (no caller is there to retry it);
+        `retry_reports` settles it once the ledger accepts writes again."""
+        if len(self._retry) == self._retry.maxlen:
+            log.error("outcome retry queue full: dropping the oldest unsettled outcome")
+        self._retry.append(outcome)
+
+    @property
+    def reports_waiting(self) -> int:
+        return len(self._retry)
+
+    async def retry_reports(self) -> int:
+        """Settle the outcomes kept by `retry_report`, oldest first, until the ledger refuses."""
+        done = 0
+        while self._retry:
+            try:
+                await self.report_outcome(self._retry[0])
+            except LedgerError:
+                break
+            self._retry.popleft()
+            done += 1
+        return done
+
+    async def expire_flights(self) -> int:
+        """Free the slots of flights past their TTL and release their reservations (a late
+        report still charges them)."""
+        expired = self.flights.due(self.clock())
+        if expired:
+            self.watch.notify()
+        for flight in expired:
+            if flight.reserved:
+                flight.reserved = False
+                try:
+                    await self.ledger.release(flight.decision_id)
+                except LedgerError as exc:
+                    log.warning("releasing expired reservation %s failed: %s", flight.decision_id, exc)
+        return len(expired)
+
+    # -- telemetry -----------------------------------------------------------------------------
 
     def _observe(self, decision: Decision, request: DecisionRequest, elapsed_ns: int) -> Decision:
         self.metrics.record(decision, elapsed_ns)
@@ -159,202 +402,8 @@ class DecisionEngine:
             )
         )
 
-    async def decide(self, request: DecisionRequest, *, take_slot: bool = True) -> Decision:
-        """Decide and apply the Route's side effects. `take_slot=False` (ext_authz) reserves
-        nothing and takes no slot; the caller charges the estimate at once."""
-        # a second Decide with the same request_id replaces the first one's slot and reservation
-        if take_slot and self._release_flight(request.request_id) is not None:
-            await self._release_reservation(request.request_id)
-        t0 = time.perf_counter_ns()
-        for _ in range(MAX_REDECIDE):
-            decision = self.pipeline.decide(request, self.snapshot())
-            route = decision.route
-            if route is None or not take_slot:
-                if route is not None:
-                    self._advance(decision)
-                return self._observe(decision, request, time.perf_counter_ns() - t0)
-            cost = decision.cost_estimate.cost_nano
-            flight = Flight(
-                request.request_id,
-                route.backend_id,
-                route.model,
-                decision.scopes,
-                cost,
-                decision.cost_estimate.input_tokens,
-                decision.cost_estimate.output_tokens,
-                request.stream,
-                self.clock() + self.config.queue.in_flight_ttl_seconds,
-            )
-            self._take(flight)
-            reservation = Reservation(
-                request.request_id,
-                decision.scopes,
-                cost,
-                self._snap_month,
-                self.wall() + self.config.queue.in_flight_ttl_seconds,
-            )
-            # a free Route (a local backend) holds no money: no ledger write on its decision path
-            if cost == 0 or await self.ledger.reserve(
-                reservation, self._limits(decision, route.privacy_zone)
-            ):
-                self._advance(decision)
-                return self._observe(decision, request, time.perf_counter_ns() - t0)
-            # another replica's spend made this Route cross a blocking limit: decide again
-            self._release_flight(request.request_id)
-        # the ledger kept refusing: never return a Route that holds no reservation
-        refused = decision._replace(
-            verdict=Reject(
-                RejectCode.BUDGET_EXHAUSTED,
-                "Request rejected: the budget ledger refused the reservation "
-                f"{MAX_REDECIDE} times (concurrent spend on other replicas)",
-                1000,
-            ),
-        )
-        return self._observe(refused, request, time.perf_counter_ns() - t0)
 
-    def _limits(self, decision: Decision, zone: PrivacyZone) -> dict[str, int] | None:
-        budget = self.config.routing.budget
-        if budget is None or budget.hard_limit_action == "warn" or decision.cost_estimate.cost_nano == 0:
-            return None
-        if budget.hard_limit_action == "block_cloud" and zone == PrivacyZone.RESTRICTED:
-            return None
-        limits = {GLOBAL: budget.monthly_limit_nano}
-        for scope in decision.scopes[1:]:
-            limits[scope] = budget.tenants.get(scope, 0)
-        return {k: v for k, v in limits.items() if v > 0} or None
-
-    def _take(self, flight: Flight) -> None:
-        self.flights[flight.request_id] = flight
-        found = self.registry.get(flight.backend_id)
-        if found is not None:
-            live = found[1]
-            live.in_flight[flight.request_id] = flight.expires_at
-            if live.breaker_since is not None:
-                live.breaker_since = self.clock()  # this is the half-open trial
-        self.watch.notify()
-
-    def _advance(self, decision: Decision) -> None:
-        route = decision.route
-        if route is not None and self.config.routing.strategy == "round_robin":
-            self.rr[route.model] = self.rr.get(route.model, 0) + 1
-
-    def _release_flight(self, request_id: str) -> Flight | None:
-        flight = self.flights.pop(request_id, None)
-        if flight is not None:
-            found = self.registry.get(flight.backend_id)
-            if found is not None:
-                found[1].in_flight.pop(request_id, None)
-            self.watch.notify()
-        return flight
-
-    async def report_outcome(self, outcome: Outcome) -> OutcomeResult:
-        flight = self._release_flight(outcome.request_id) or self.expired.pop(outcome.request_id, None)
-        scopes = flight.scopes if flight is not None else scopes_for(outcome.tenant)
-        charge, estimated = self._charge(outcome, flight)
-        wall = self.wall()
-        result = await self.ledger.settle(
-            outcome.request_id, scopes, charge, self.month(wall), estimated=estimated
-        )
-        if result.recorded:
-            if result.estimated:
-                self.outcomes_estimated += 1
-            self._record_stats(outcome, flight)
-        tenant = scopes[1] if len(scopes) > 1 else ""
-        snap = self.snapshot()
-        view = scope_view(snap, tenant) if tenant else scope_view(snap, GLOBAL)
-        return OutcomeResult(result, view)
-
-    async def charge_estimate(self, decision: Decision) -> SettleResult:
-        """ext_authz has no response phase: charge the Route's estimate at once under its
-        request id, provisionally; a later ReportOutcome with that id settles the actual cost
-        (priced with the routed model and decision's token estimates, like any late report)."""
-        route = decision.route
-        if route is not None:
-            est = decision.cost_estimate
-            self._remember(
-                Flight(
-                    decision.request_id,
-                    route.backend_id,
-                    route.model,
-                    decision.scopes,
-                    est.cost_nano,
-                    est.input_tokens,
-                    est.output_tokens,
-                    False,
-                    self.clock(),
-                )
-            )
-        return await self.ledger.settle(
-            decision.request_id,
-            decision.scopes,
-            decision.cost_estimate.cost_nano,
-            self.month(self.wall()),
-            estimated=True,
-            provisional=True,
-        )
-
-    def _charge(self, outcome: Outcome, flight: Flight | None) -> tuple[int, bool]:
-        if outcome.cost_usd is not None:
-            return usd_to_nano(outcome.cost_usd), False
-        if outcome.input_tokens is not None or outcome.output_tokens is not None:
-            tokens_in = outcome.input_tokens
-            tokens_out = outcome.output_tokens
-            if flight is not None:
-                tokens_in = flight.input_tokens if tokens_in is None else tokens_in
-                tokens_out = flight.output_tokens if tokens_out is None else tokens_out
-            model = outcome.model or (flight.model if flight is not None else "")
-            found = self.registry.get(outcome.backend_id)
-            if found is None and flight is not None:
-                found = self.registry.get(flight.backend_id)
-            if found is not None:
-                price = self.config.price_for(found[0], model)
-                return price.cost(tokens_in or 0, tokens_out or 0), False
-            table = self.config.pricing.get(model) or self.config.default_price
-            return (table.cost(tokens_in or 0, tokens_out or 0) if table is not None else 0), False
-        return (flight.estimate_nano if flight is not None else 0), True
-
-    def _record_stats(self, outcome: Outcome, flight: Flight | None) -> None:
-        found = self.registry.get(outcome.backend_id)
-        if found is None:
-            return
-        live = found[1]
-        now = self.clock()
-        success = outcome.succeeded
-        streamed = flight.stream if flight is not None else outcome.ttft_ms is not None
-        ttft = float(outcome.ttft_ms) if success and streamed and outcome.ttft_ms is not None else None
-        live.stats.record(now, failure=outcome.counts_as_failure, ttft_ms=ttft)
-        if success and outcome.ttft_ms is not None:
-            live.observe_latency(float(outcome.ttft_ms))
-        q = self.config.quality
-        if live.breaker_since is not None:
-            if success:
-                live.breaker_since = None
-                live.stats.reset()
-            elif outcome.counts_as_failure:
-                live.breaker_since = now
-        else:
-            count, failures, _ = live.stats.snapshot(now)
-            if count and count >= q.min_requests and failures >= q.error_rate_threshold * count:
-                live.breaker_since = now
-        self.watch.notify()
-
-    async def expire_flights(self) -> int:
-        """Drop in-flight entries past their TTL and release their reservations."""
-        now = self.clock()
-        expired = [rid for rid, f in self.flights.items() if f.expires_at <= now]
-        for rid in expired:
-            flight = self._release_flight(rid)
-            if flight is not None:
-                self._remember(flight)
-            await self._release_reservation(rid)
-        return len(expired)
-
-    def _remember(self, flight: Flight) -> None:
-        """Keep what a decision was (scopes, model, estimate) for a report that comes later."""
-        self.expired[flight.request_id] = flight
-        if len(self.expired) > MAX_EXPIRED_KEPT:
-            self.expired.popitem(last=False)
-
-    async def _release_reservation(self, request_id: str) -> None:
-        if self.ledger.reservation(request_id) is not None:  # free Routes reserve nothing
-            await self.ledger.release(request_id)
+def _tenant_of(outcome: Outcome, scopes: tuple[str, ...] | None) -> str:
+    if scopes:
+        return scopes[1] if len(scopes) > 1 else ""
+    return outcome.tenant

@@ -130,6 +130,7 @@ class LimitsConfig:
     max_label_key_len: int = 64
     max_label_value_len: int = 256
     max_tokens: int = 10_000_000
+    max_charge_usd: float = 1000.0  # the most one outcome report can charge
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,8 @@ class Decision(NamedTuple):
     stages: tuple[StageTrace, ...] = ()
     scores: tuple[CandidateScore, ...] = ()
     stage_durations_ns: tuple[tuple[str, int], ...] = ()
+    # Server-issued id of a Route taken by Decide (its accounting key); "" otherwise.
+    decision_id: str = ""
 
     @property
     def route(self) -> Route | None:

@@ -37,7 +37,8 @@ class DecisionRequest:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A ReportOutcome, validated."""
+    """A ReportOutcome, validated. It names its decision by `decision_id` (exact) or by the
+    caller's `request_id` (the oldest unsettled decision of that id); at least one is set."""
 
     request_id: str
     backend_id: str
@@ -50,6 +51,7 @@ class Outcome:
     output_tokens: int | None = None
     cost_usd: float | None = None
     tenant: str = ""
+    decision_id: str = ""
 
     @property
     def succeeded(self) -> bool:

@@ -12,16 +12,23 @@ from __future__ import annotations
 import ipaddress
 import math
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
+from nexus_grpc.domain.backend import BACKEND_TYPES, BackendConfig
+from nexus_grpc.domain.enums import PrivacyZone
+from nexus_grpc.domain.money import per_1k_to_nano_per_token
 from nexus_grpc.errors import FieldError
 
 __all__ = [
+    "MAX_CONCURRENCY",
     "MAX_COST_USD",
+    "MAX_PRICE_PER_1K",
     "RESERVED_TENANTS",
     "FieldError",
     "HttpUrl",
+    "backend_problems",
     "cost_usd",
     "http_url",
     "identifier",
@@ -217,3 +224,76 @@ def listen_address(value: str, field: str) -> tuple[str, int]:
 def _show(value: object) -> str:
     shown = repr(value)
     return shown if len(shown) <= 64 else shown[:61] + "..."
+
+
+# The most a price may be, USD per 1K tokens: far above any real model, low enough that one
+# decision's cost (at the token limits) stays exact in the ledger.
+MAX_PRICE_PER_1K = 1000.0
+MAX_CONCURRENCY = 1_000_000
+
+
+def backend_problems(backend: BackendConfig, *, max_id_len: int, max_model_len: int) -> list[FieldError]:
+    """Every problem of one backend's configuration, each naming its field relative to the
+    backend (`id`, `url`, `models[1].id`, ...). The config loader and `UpsertBackend` both call
+    this, so a backend is valid in a file exactly when it is valid over the admin API."""
+    problems: list[FieldError] = []
+
+    def check(test: Callable[[], object]) -> None:
+        try:
+            test()
+        except FieldError as exc:
+            problems.append(exc)
+
+    check(lambda: identifier(backend.id, "id", max_id_len, required=True))
+    check(lambda: http_url(backend.url, "url"))
+    if backend.type not in BACKEND_TYPES:
+        problems.append(
+            FieldError(
+                "type", f"unknown backend type {backend.type!r} (known: {', '.join(sorted(BACKEND_TYPES))})"
+            )
+        )
+    elif backend.zone == PrivacyZone.UNSPECIFIED:
+        problems.append(FieldError("zone", 'a generic backend needs zone "restricted" or "open"'))
+    if not 1 <= backend.tier <= 5:
+        problems.append(FieldError("tier", f"{backend.tier} is out of range (must be 1..5)"))
+    if not 0 <= backend.priority <= 100:
+        problems.append(FieldError("priority", f"{backend.priority} is out of range (must be 0..100)"))
+    if not 0 <= backend.max_concurrency <= MAX_CONCURRENCY:
+        problems.append(
+            FieldError(
+                "max_concurrency", f"{backend.max_concurrency} is out of range (must be 0..{MAX_CONCURRENCY})"
+            )
+        )
+    if backend.pricing is not None:
+        limit = per_1k_to_nano_per_token(MAX_PRICE_PER_1K)
+        for name, nano in (
+            ("input_per_1k", backend.pricing.input_nano),
+            ("output_per_1k", backend.pricing.output_nano),
+        ):
+            if not 0 <= nano <= limit:
+                problems.append(
+                    FieldError(f"pricing.{name}", f"must be within 0..{MAX_PRICE_PER_1K:g} USD per 1K tokens")
+                )
+    if not backend.models:
+        problems.append(FieldError("models", "at least one model is required"))
+    seen: dict[str, int] = {}
+    for index, model in enumerate(backend.models):
+        try:
+            model_name(model.id, f"models[{index}].id", max_model_len, required=True)
+        except FieldError as exc:
+            problems.append(exc)
+        if model.id in seen:
+            problems.append(
+                FieldError(
+                    f"models[{index}].id", f"duplicate model {model.id!r} (first at models[{seen[model.id]}])"
+                )
+            )
+        else:
+            seen[model.id] = index
+        if model.context_length is not None and model.context_length < 1:
+            problems.append(
+                FieldError(
+                    f"models[{index}].context_length", "must be at least 1 (leave it out for unlimited)"
+                )
+            )
+    return problems

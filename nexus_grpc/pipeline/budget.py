@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from nexus_grpc.domain.decision import BudgetView, budget_status
 from nexus_grpc.domain.enums import BudgetStatus
+from nexus_grpc.domain.scopes import GLOBAL, scopes_for
 from nexus_grpc.pipeline.snapshot import Snapshot
 
-GLOBAL = "global"
+__all__ = ["GLOBAL", "request_views", "scope_view", "scopes_for"]
+
 
 _RANK = {
     BudgetStatus.UNSPECIFIED: 0,
@@ -16,10 +18,6 @@ _RANK = {
 }
 
 
-def scopes_for(tenant: str) -> tuple[str, ...]:
-    return (GLOBAL, tenant) if tenant else (GLOBAL,)
-
-
 def scope_view(snap: Snapshot, scope: str) -> BudgetView:
     budget = snap.fleet.config.routing.budget
     if budget is None:
@@ -27,7 +25,7 @@ def scope_view(snap: Snapshot, scope: str) -> BudgetView:
     else:
         limit = budget.monthly_limit_nano if scope == GLOBAL else budget.tenants.get(scope, 0)
         soft = budget.soft_limit_percent
-    totals = snap.totals(scope)
+    totals = snap.totals(scope, snap.month)
     if totals is None:
         return BudgetView(scope, snap.month, 0, 0, limit, BudgetStatus.UNSPECIFIED)
     spent, reserved = totals

@@ -150,7 +150,7 @@ class Snapshot:
     fleet: Fleet
     now: float  # monotonic seconds
     wall: float  # epoch seconds (months, resets)
-    totals: Callable[[str], tuple[int, int] | None]  # scope -> (spent, reserved) this month
+    totals: Callable[[str, str], tuple[int, int] | None]  # (scope, month) -> (spent, reserved)
     month: str
     rng: random.Random
     rr_counters: Mapping[str, int]

@@ -13,8 +13,8 @@ from nexus_grpc import __version__
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import admin_pb2_grpc as agrpc
 from nexus_grpc.config.errors import ConfigError
+from nexus_grpc.errors import FieldError
 from nexus_grpc.servicers.common import FailedPrecondition, rpc
-from nexus_grpc.servicers.convert import InvalidArgument
 
 if TYPE_CHECKING:
     from nexus_grpc.app import Runtime
@@ -58,7 +58,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
         try:
             config = await self.runtime.reload()
         except ConfigError as exc:
-            raise InvalidArgument("config", f"invalid configuration, old one kept:\n{exc}") from None
+            raise FieldError("config", f"invalid configuration, old one kept:\n{exc}") from None
         return apb.ReloadConfigResponse(config_version=config.version)
 
 

@@ -9,13 +9,15 @@ import grpc
 
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
 from nexus_grpc._gen.nexus.v1 import budget_pb2_grpc as bgrpc
+from nexus_grpc.domain import validate
 from nexus_grpc.domain.decision import BudgetView, budget_status
 from nexus_grpc.domain.enums import BudgetStatus
+from nexus_grpc.domain.months import month_of
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.engine import DecisionEngine
-from nexus_grpc.ledger.base import month_of
-from nexus_grpc.pipeline.budget import GLOBAL
+from nexus_grpc.errors import FieldError
 from nexus_grpc.servicers.common import rpc
-from nexus_grpc.servicers.convert import InvalidArgument, budget_to_proto
+from nexus_grpc.servicers.convert import budget_to_proto
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
@@ -28,10 +30,9 @@ class BudgetServicer(bgrpc.BudgetServiceServicer):
     @rpc
     async def GetBudget(self, request: bpb.GetBudgetRequest, context: Ctx) -> bpb.GetBudgetResponse:
         config = self.engine.config
-        if len(request.tenant) > config.limits.max_id_len:
-            raise InvalidArgument("tenant", f"at most {config.limits.max_id_len} bytes")
+        validate.tenant(request.tenant, "tenant", config.limits.max_id_len)
         if request.month and not _MONTH.fullmatch(request.month):
-            raise InvalidArgument("month", f"{request.month!r} is not YYYY-MM")
+            raise FieldError("month", f"{request.month!r} is not YYYY-MM")
         month = request.month or month_of(self.engine.wall())
         scope = request.tenant or GLOBAL
         budget = config.routing.budget

@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from nexus_grpc.servicers.convert import InvalidArgument
+from nexus_grpc.errors import FailedPrecondition, FieldError, LedgerError, NexusError, NotFound, Overloaded
+
+__all__ = ["STATUS", "FailedPrecondition", "FieldError", "NotFound", "Overloaded", "rpc", "status_of"]
 
 log = logging.getLogger("nexus_grpc")
 
@@ -18,17 +20,21 @@ Resp = TypeVar("Resp")
 Self = TypeVar("Self")
 Handler = Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 
+# The errors a caller may see, and their status. Anything else is a bug: INTERNAL, logged.
+STATUS: tuple[tuple[type[NexusError], grpc.StatusCode], ...] = (
+    (FieldError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (LedgerError, grpc.StatusCode.UNAVAILABLE),
+)
 
-class NotFound(LookupError):
-    """An unknown id (NOT_FOUND)."""
 
-
-class Overloaded(RuntimeError):
-    """Shed under overload (RESOURCE_EXHAUSTED); HIGH priority requests are shed last."""
-
-
-class FailedPrecondition(RuntimeError):
-    """The request is valid but the server state refuses it (FAILED_PRECONDITION)."""
+def status_of(exc: BaseException) -> grpc.StatusCode | None:
+    for kind, code in STATUS:
+        if isinstance(exc, kind):
+            return code
+    return None
 
 
 def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
@@ -39,16 +45,15 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline too short to decide")
         try:
             return await method(self, request, context)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except FailedPrecondition as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except Overloaded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except grpc.aio.AbortError:
             raise
+        except NexusError as exc:
+            code = status_of(exc)
+            if code is None:
+                raise
+            if isinstance(exc, LedgerError):
+                log.warning("%s: %s", method.__qualname__, exc)
+            await context.abort(code, str(exc))
         except Exception:
             rid = getattr(request, "request_id", "") or "-"
             log.exception("internal error in %s (request id %s)", method.__qualname__, rid)

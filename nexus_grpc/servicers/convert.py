@@ -1,48 +1,28 @@
-"""nexus.v1 messages <-> domain values, with the field validation of SPEC §9."""
+"""nexus.v1 messages <-> domain values. Field rules come from `domain.validate`, the one
+validator every edge shares; a bad field raises FieldError naming it (INVALID_ARGUMENT)."""
 
 from __future__ import annotations
 
-import math
-import uuid
 from enum import IntEnum
 from typing import Any, TypeVar
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 from nexus_grpc.config.schema import Config, LimitsConfig
-from nexus_grpc.domain.backend import BACKEND_TYPES, BackendConfig, ModelSpec, default_zone
+from nexus_grpc.domain import validate
+from nexus_grpc.domain.backend import BackendConfig, ModelSpec, default_zone
 from nexus_grpc.domain.decision import BudgetView, Decision, Exclusion, Queue, Reject, Route
 from nexus_grpc.domain.enums import Priority, PrivacyZone, TierMode
 from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import NANO, Price, PriceError
 from nexus_grpc.domain.request import DecisionRequest, Outcome
+from nexus_grpc.errors import FieldError
 from nexus_grpc.pipeline.executor import cap_exclusions
+from nexus_grpc.state.flights import DecisionIds, is_decision_id
 
-MAX_COST_USD = 1_000_000.0
-
-
-class InvalidArgument(ValueError):
-    """A malformed request field; the message names the field."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-
-
-def _text(value: str, field: str, limit: int, *, required: bool = False) -> str:
-    if required and not value:
-        raise InvalidArgument(field, "is required and must not be empty")
-    if len(value.encode()) > limit:
-        raise InvalidArgument(field, f"is {len(value.encode())} bytes; at most {limit} allowed")
-    if any(ord(ch) < 32 for ch in value):
-        raise InvalidArgument(field, "must not contain control characters")
-    return value
-
-
-def _count(value: int, field: str, limit: int) -> int:
-    if value > limit:
-        raise InvalidArgument(field, f"{value} is above the limit of {limit}")
-    return value
+# Request ids generated for requests that bring none: a random prefix and a counter (no uuid per
+# request on the hot path).
+_request_ids = DecisionIds()
 
 
 E = TypeVar("E", bound=IntEnum)
@@ -52,31 +32,31 @@ def _enum(cls: type[E], value: int, field: str) -> E:
     try:
         return cls(value)
     except ValueError:
-        raise InvalidArgument(field, f"unknown enum number {value}") from None
+        raise FieldError(field, f"unknown enum number {value}") from None
 
 
 def request_from_proto(
     msg: dpb.DecideRequest | dpb.ExplainRequest, limits: LimitsConfig, *, require_tenant: bool = False
 ) -> DecisionRequest:
     if len(msg.labels) > limits.max_labels:
-        raise InvalidArgument("labels", f"{len(msg.labels)} labels; at most {limits.max_labels} allowed")
+        raise FieldError("labels", f"{len(msg.labels)} labels; at most {limits.max_labels} allowed")
     labels = {}
     for key, value in msg.labels.items():
-        _text(key, "labels", limits.max_label_key_len, required=True)
-        _text(value, f"labels[{key}]", limits.max_label_value_len)
+        validate.label_key(key, "labels", limits.max_label_key_len)
+        validate.label_value(value, f"labels[{key}]", limits.max_label_value_len)
         labels[key] = value
-    tenant = _text(msg.tenant, "tenant", limits.max_id_len)
+    tenant = validate.tenant(msg.tenant, "tenant", limits.max_id_len)
     if require_tenant and not tenant:
-        raise InvalidArgument("tenant", "is required by [routing.budget] require_tenant")
+        raise FieldError("tenant", "is required by [routing.budget] require_tenant")
     if msg.min_tier > 5:
-        raise InvalidArgument("min_tier", f"{msg.min_tier} is out of range 0..5")
+        raise FieldError("min_tier", f"{msg.min_tier} is out of range 0..5")
     return DecisionRequest(
-        request_id=_text(msg.request_id, "request_id", limits.max_id_len) or uuid.uuid4().hex,
-        model=_text(msg.model, "model", limits.max_model_len, required=True),
-        estimated_input_tokens=_count(
+        request_id=validate.identifier(msg.request_id, "request_id", limits.max_id_len) or _request_ids(),
+        model=validate.model_name(msg.model, "model", limits.max_model_len, required=True),
+        estimated_input_tokens=validate.token_count(
             msg.estimated_input_tokens, "estimated_input_tokens", limits.max_tokens
         ),
-        max_output_tokens=_count(msg.max_output_tokens, "max_output_tokens", limits.max_tokens),
+        max_output_tokens=validate.token_count(msg.max_output_tokens, "max_output_tokens", limits.max_tokens),
         needs_vision=msg.needs_vision,
         needs_tools=msg.needs_tools,
         needs_json_mode=msg.needs_json_mode,
@@ -92,21 +72,25 @@ def request_from_proto(
 
 def outcome_from_proto(msg: dpb.ReportOutcomeRequest, limits: LimitsConfig) -> Outcome:
     if not msg.HasField("success") and not msg.HasField("http_status"):
-        raise InvalidArgument("success", "either success or http_status must be set")
+        raise FieldError("success", "either success or http_status must be set")
     if msg.HasField("http_status") and not 100 <= msg.http_status <= 599:
-        raise InvalidArgument("http_status", f"{msg.http_status} is not an HTTP status")
-    cost = msg.cost_usd if msg.HasField("cost_usd") else None
-    if cost is not None and (not math.isfinite(cost) or not 0 <= cost <= MAX_COST_USD):
-        raise InvalidArgument("cost_usd", f"must be finite and within 0..{MAX_COST_USD:.0f}")
+        raise FieldError("http_status", f"{msg.http_status} is not an HTTP status")
+    decision_id = validate.identifier(msg.decision_id, "decision_id", limits.max_id_len)
+    if decision_id and not is_decision_id(decision_id):
+        raise FieldError("decision_id", f"{decision_id!r} is not a decision id this service issues")
+    request_id = validate.identifier(
+        msg.request_id, "request_id", limits.max_id_len, required=not decision_id
+    )
+    cost = validate.cost_usd(msg.cost_usd, "cost_usd") if msg.HasField("cost_usd") else None
 
     def opt(name: str) -> int | None:
         m: Any = msg
-        return _count(getattr(m, name), name, limits.max_tokens) if m.HasField(name) else None
+        return validate.token_count(getattr(m, name), name, limits.max_tokens) if m.HasField(name) else None
 
     return Outcome(
-        request_id=_text(msg.request_id, "request_id", limits.max_id_len, required=True),
-        backend_id=_text(msg.backend_id, "backend_id", limits.max_id_len, required=True),
-        model=_text(msg.model, "model", limits.max_model_len),
+        request_id=request_id,
+        backend_id=validate.identifier(msg.backend_id, "backend_id", limits.max_id_len, required=True),
+        model=validate.model_name(msg.model, "model", limits.max_model_len),
         success=msg.success if msg.HasField("success") else None,
         http_status=msg.http_status if msg.HasField("http_status") else None,
         latency_ms=msg.latency_ms if msg.HasField("latency_ms") else None,
@@ -114,7 +98,8 @@ def outcome_from_proto(msg: dpb.ReportOutcomeRequest, limits: LimitsConfig) -> O
         input_tokens=opt("input_tokens"),
         output_tokens=opt("output_tokens"),
         cost_usd=cost,
-        tenant=_text(msg.tenant, "tenant", limits.max_id_len),
+        tenant=validate.tenant(msg.tenant, "tenant", limits.max_id_len),
+        decision_id=decision_id,
     )
 
 
@@ -187,6 +172,7 @@ def decision_to_proto(decision: Decision, *, explain: bool = False) -> dpb.Decid
                 score=v.score,
                 fallback_used=v.fallback_used,
                 alternates=v.alternates,
+                decision_id=decision.decision_id,
             )
         )
     elif isinstance(v, Queue):
@@ -278,48 +264,65 @@ def backend_to_proto(backend: BackendConfig, live: LiveBackend, now: float) -> t
 
 
 def backend_from_proto(msg: tpb.Backend, config: Config) -> BackendConfig:
-    """An upserted backend; absent configuration fields take the config defaults."""
-    limit = config.limits.max_id_len
-    bid = _text(msg.id, "backend.id", limit, required=True)
-    btype = msg.type.lower() or "generic"
-    if btype not in BACKEND_TYPES:
-        raise InvalidArgument(
-            "backend.type", f"unknown type {msg.type!r}; one of {', '.join(sorted(BACKEND_TYPES))}"
-        )
+    """An upserted backend; absent configuration fields take the config defaults. Validated by
+    the same rules as a `[[backends]]` entry of the config file."""
+    limits = config.limits
+    btype = msg.type.strip().lower() or "generic"
     zone = _enum(PrivacyZone, msg.zone, "backend.zone")
     if zone == PrivacyZone.UNSPECIFIED:
         zone = default_zone(btype)
-        if zone == PrivacyZone.UNSPECIFIED:
-            raise InvalidArgument("backend.zone", "is required for a generic backend")
-    if not msg.url.startswith(("http://", "https://")):
-        raise InvalidArgument("backend.url", "must be an http:// or https:// URL")
-    tier = msg.tier if msg.HasField("tier") else 1
-    if not 1 <= tier <= 5:
-        raise InvalidArgument("backend.tier", f"{tier} is out of range 1..5")
-    priority = msg.priority if msg.HasField("priority") else 50
-    if priority > 100:
-        raise InvalidArgument("backend.priority", f"{priority} is out of range 0..100")
     pricing = None
     if msg.HasField("pricing"):
         try:
             pricing = Price.per_1k(msg.pricing.input_per_1k, msg.pricing.output_per_1k)
         except PriceError as exc:
-            raise InvalidArgument("backend.pricing", str(exc)) from None
-    if not msg.models:
-        raise InvalidArgument("backend.models", "at least one model is required")
-    models = []
-    for i, m in enumerate(msg.models):
-        _text(m.id, f"backend.models[{i}].id", config.limits.max_model_len, required=True)
-        ctx = m.context_length if m.HasField("context_length") else None
-        models.append(ModelSpec(m.id, ctx, m.vision, m.tools, m.json_mode))
-    return BackendConfig(
-        id=bid,
-        url=_text(msg.url, "backend.url", 2048),
+            raise FieldError("backend.pricing", str(exc)) from None
+    backend = BackendConfig(
+        id=msg.id,
+        url=msg.url,
         type=btype,
         zone=zone,
-        tier=tier,
-        priority=priority,
+        tier=msg.tier if msg.HasField("tier") else 1,
+        priority=msg.priority if msg.HasField("priority") else 50,
         max_concurrency=msg.max_concurrency if msg.HasField("max_concurrency") else 0,
         pricing=pricing,
-        models=tuple(models),
+        models=tuple(
+            ModelSpec(
+                m.id,
+                m.context_length if m.HasField("context_length") else None,
+                m.vision,
+                m.tools,
+                m.json_mode,
+            )
+            for m in msg.models
+        ),
     )
+    problems = validate.backend_problems(
+        backend, max_id_len=limits.max_id_len, max_model_len=limits.max_model_len
+    )
+    problems += _unpriced_under_budget(backend, config)
+    if problems:
+        first = problems[0]
+        more = (
+            f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+            if len(problems) > 1
+            else ""
+        )
+        raise FieldError(f"backend.{first.field}", first.problem + more)
+    return backend
+
+
+def _unpriced_under_budget(backend: BackendConfig, config: Config) -> list[FieldError]:
+    """Under a budget, an open-zone model must have a price, or the budget cannot count it."""
+    if config.routing.budget is None or backend.zone != PrivacyZone.OPEN or backend.pricing is not None:
+        return []
+    if config.default_price is not None:
+        return []
+    return [
+        FieldError(
+            f"models[{i}].id",
+            f"open-zone model {m.id!r} has no price, so the budget cannot count it; set backend.pricing",
+        )
+        for i, m in enumerate(backend.models)
+        if m.id not in config.pricing
+    ]

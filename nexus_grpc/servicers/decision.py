@@ -10,6 +10,7 @@ import grpc
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
 from nexus_grpc.domain.enums import Priority
+from nexus_grpc.domain.money import NANO
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.servicers.common import Overloaded, rpc
 from nexus_grpc.servicers.convert import (
@@ -52,7 +53,8 @@ class DecisionServicer(dgrpc.DecisionServiceServicer):
         result = await self.engine.report_outcome(outcome)
         return dpb.ReportOutcomeResponse(
             recorded=result.settle.recorded,
-            cost_usd=result.settle.charged_nano / 1e9,
+            cost_usd=result.settle.charged_nano / NANO,
             estimated=result.settle.estimated,
             budget=budget_to_proto(result.budget),
+            decision_id=result.decision_id,
         )

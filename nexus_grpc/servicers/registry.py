@@ -12,8 +12,9 @@ from nexus_grpc._gen.nexus.v1 import registry_pb2_grpc as rgrpc
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 from nexus_grpc.domain.enums import BackendStatus
 from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.errors import FieldError
 from nexus_grpc.servicers.common import NotFound, rpc
-from nexus_grpc.servicers.convert import InvalidArgument, backend_from_proto, backend_to_proto
+from nexus_grpc.servicers.convert import backend_from_proto, backend_to_proto
 from nexus_grpc.state.admin_sync import AdminSync
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -71,7 +72,7 @@ class RegistryServicer(rgrpc.RegistryServiceServicer):
 
     def upsert(self, request: rpb.UpsertBackendRequest) -> str:
         if not request.HasField("backend"):
-            raise InvalidArgument("backend", "is required")
+            raise FieldError("backend", "is required")
         backend = backend_from_proto(request.backend, self.engine.config)
         self.engine.registry.upsert(backend)
         self.engine.watch.notify()
@@ -87,14 +88,14 @@ class RegistryServicer(rgrpc.RegistryServiceServicer):
         try:
             status = BackendStatus(request.status)
         except ValueError:
-            raise InvalidArgument("status", f"unknown enum number {request.status}") from None
+            raise FieldError("status", f"unknown enum number {request.status}") from None
         if status == BackendStatus.UNSPECIFIED:
-            raise InvalidArgument("status", "must be set")
+            raise FieldError("status", "must be set")
         progress = request.loading_progress_percent if request.HasField("loading_progress_percent") else None
         if progress is not None and progress > 100:
-            raise InvalidArgument("loading_progress_percent", f"{progress} is out of range 0..100")
+            raise FieldError("loading_progress_percent", f"{progress} is out of range 0..100")
         if len(request.reason) > 1024:
-            raise InvalidArgument("reason", "at most 1024 characters")
+            raise FieldError("reason", "at most 1024 characters")
         eta = request.loading_eta_ms if request.HasField("loading_eta_ms") else None
         live = self.engine.registry.set_state(
             request.backend_id,

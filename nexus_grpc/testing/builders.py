@@ -24,6 +24,7 @@ from nexus_grpc.config.schema import (
     BudgetConfig,
     Config,
     LedgerConfig,
+    LimitsConfig,
     Policy,
     QualityConfig,
     QueueConfig,
@@ -35,12 +36,14 @@ from nexus_grpc.domain.decision import Decision
 from nexus_grpc.domain.enums import Priority, PrivacyZone, TierMode
 from nexus_grpc.domain.money import BUILTIN_PRICES, Price, usd_to_nano
 from nexus_grpc.domain.request import DecisionRequest, Outcome
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.engine import DecisionEngine, OutcomeResult
 from nexus_grpc.ledger.base import Ledger
 from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.pipeline.intent import Reconciler
 from nexus_grpc.reconcilers import default_stages
+from nexus_grpc.state.flights import Basis, Flight
 from nexus_grpc.state.registry import Registry
 from nexus_grpc.testing.clock import FakeClock, FakeWall
 
@@ -173,6 +176,7 @@ def config(
     queue: QueueConfig | None = None,
     pricing: Mapping[str, PriceLike] | None = None,
     default_price: PriceLike | None = None,
+    limits: LimitsConfig | None = None,
 ) -> Config:
     """A Config like the loader's: built-in prices overlaid with `pricing`, memory ledger."""
     if isinstance(weights, tuple):
@@ -190,6 +194,7 @@ def config(
         ledger=LedgerConfig(kind="memory"),
         quality=quality or QualityConfig(),
         queue=queue or QueueConfig(),
+        limits=limits or LimitsConfig(),
         backends=tuple(backends),
         pricing={**BUILTIN_PRICES, **{k: price(v) for k, v in (pricing or {}).items()}},
         default_price=price(default_price) if default_price is not None else None,
@@ -261,6 +266,42 @@ def request(
         priority=priority,
         tenant=tenant,
         labels=dict(labels or {}),
+    )
+
+
+def served_outcome(
+    eng: DecisionEngine,
+    backend_id: str,
+    *,
+    success: bool | None = None,
+    http_status: int | None = None,
+    ttft_ms: int | None = None,
+    stream: bool = False,
+    model: str | None = None,
+) -> OutcomeResult:
+    """Report how a request the engine routed to `backend_id` ended, without running the pipeline
+    for it: a decision is opened on that backend (as a Route there would) and reported by its
+    decision id. Only outcomes of decisions the engine made feed its statistics."""
+    found = eng.registry.get(backend_id)
+    if found is None:
+        raise ValueError(f"no backend {backend_id!r}")
+    served = model if model is not None else found[0].models[0].id
+    decision_id = eng.ids()
+    request_id = f"served-{next(_request_ids)}"
+    ttl = eng.config.queue.in_flight_ttl_seconds
+    basis = Basis(backend_id, served, (), 0, 0, 0)
+    eng.flights.take(Flight(decision_id, request_id, basis, (GLOBAL,), stream, eng.clock() + ttl, found[1]))
+    return report(
+        eng,
+        Outcome(
+            request_id,
+            backend_id,
+            served,
+            success=success,
+            http_status=http_status,
+            ttft_ms=ttft_ms,
+            decision_id=decision_id,
+        ),
     )
 
 

@@ -16,6 +16,7 @@ from nexus_grpc.domain.request import Outcome
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import Reservation, month_of
 from nexus_grpc.ledger.memory import MemoryLedger
+from nexus_grpc.state.flights import is_decision_id
 from nexus_grpc.testing.builders import (
     backend,
     budget_config,
@@ -73,16 +74,18 @@ def test_route_takes_a_slot_and_reserves_in_every_scope() -> None:
     )
     assert decision.route is not None
     assert decision.route.backend_id == "a"
+    assert is_decision_id(decision.decision_id)
     assert decision.scopes == ("global", "acme")
-    assert slots(eng) == {"a": {"r1"}, "b": set()}
+    assert slots(eng) == {"a": {decision.decision_id}, "b": set()}
     assert totals(eng, "global") == (0, TURBO_1K)
     assert totals(eng, "acme") == (0, TURBO_1K)
-    reservation = memory_ledger(eng).reservation("r1")
+    reservation = memory_ledger(eng).reservation(decision.decision_id)
     assert reservation is not None
-    assert (reservation.scopes, reservation.amount_nano, reservation.month) == (
+    assert (reservation.scopes, reservation.amount_nano, reservation.month, reservation.request_id) == (
         ("global", "acme"),
         TURBO_1K,
         "2025-06",
+        "r1",
     )
 
 
@@ -90,9 +93,10 @@ def test_reject_and_queue_take_nothing() -> None:
     eng = cloud_engine()
     reject = decide(eng, request("gpt-4-turbo", estimated_input_tokens=1000, needs_vision=True))
     assert isinstance(reject.verdict, Reject)
+    assert reject.decision_id == ""
     assert slots(eng) == {"a": set(), "b": set()}
     assert totals(eng) == (0, 0)
-    assert eng.flights == {}
+    assert len(eng.flights) == 0
     eng.registry.set_state("a", BackendStatus.LOADING, eta_ms=1000)
     eng.registry.set_state("b", BackendStatus.LOADING, eta_ms=2000)
     queued = decide(eng, request("gpt-4-turbo", estimated_input_tokens=1000))
@@ -100,7 +104,7 @@ def test_reject_and_queue_take_nothing() -> None:
     assert queued.cost_estimate.cost_nano == TURBO_1K
     assert slots(eng) == {"a": set(), "b": set()}
     assert totals(eng) == (0, 0)
-    assert eng.flights == {}
+    assert len(eng.flights) == 0
 
 
 @pytest.mark.parametrize("yielding", [False, True])
@@ -137,39 +141,52 @@ class YieldingLedger(MemoryLedger):
         return await super().reserve(reservation, limits)
 
 
-def test_second_decide_with_the_same_request_id_replaces_slot_and_reservation() -> None:
+def test_decides_sharing_a_request_id_are_separate_decisions() -> None:
+    """A reused request id merges nothing: each Route has its own slot, reservation and charge."""
     eng = cloud_engine(limit_usd=100.0)
     first = decide(eng, request("gpt-4-turbo", request_id="dup", estimated_input_tokens=1000))
-    assert first.route is not None
     second = decide(eng, request("gpt-4-turbo", request_id="dup", estimated_input_tokens=2000))
-    assert second.route is not None
-    assert second.cost_estimate.cost_nano == 2 * TURBO_1K
-    held = {bid: ids for bid, ids in slots(eng).items() if ids}
-    assert held == {second.route.backend_id: {"dup"}}  # one slot, where the second Decide routed
-    assert totals(eng) == (0, 2 * TURBO_1K)  # only the second estimate is held
-    assert list(eng.flights) == ["dup"]
-    assert eng.flights["dup"].backend_id == second.route.backend_id
-    assert eng.flights["dup"].estimate_nano == 2 * TURBO_1K
+    assert first.route is not None and second.route is not None
+    assert first.decision_id != second.decision_id
+    held = {did for ids in slots(eng).values() for did in ids}
+    assert held == {first.decision_id, second.decision_id}
+    assert totals(eng) == (0, 3 * TURBO_1K)  # both estimates are held
 
 
-def test_second_decide_replacing_a_route_with_a_reject_frees_the_first() -> None:
+def test_concurrent_decides_sharing_a_request_id_respect_max_concurrency() -> None:
+    """Five concurrent Decides with one request id on a max_concurrency = 1 backend: one Route."""
+    cfg = config([backend("a", type="openai", max_concurrency=1, models=("gpt-4-turbo",))])
+    eng = engine(cfg, ledger=YieldingLedger())
+
+    async def burst() -> list[Decision]:
+        reqs = [request("gpt-4-turbo", request_id="same", estimated_input_tokens=1000) for _ in range(5)]
+        return list(await asyncio.gather(*(eng.decide(r) for r in reqs)))
+
+    decisions = asyncio.run(burst())
+    assert sum(d.route is not None for d in decisions) == 1
+    assert sum(isinstance(d.verdict, Queue) for d in decisions) == 4
+    assert len(eng.registry.live["a"].in_flight) == 1
+
+
+def test_a_request_id_reused_after_its_report_is_charged_anew() -> None:
     eng = cloud_engine()
-    decide(eng, request("gpt-4-turbo", request_id="dup", estimated_input_tokens=1000))
-    verdict = decide(eng, request("gpt-4-turbo", request_id="dup", needs_vision=True)).verdict
-    assert isinstance(verdict, Reject)
-    assert slots(eng) == {"a": set(), "b": set()}
-    assert totals(eng) == (0, 0)
+    for n in range(1, 4):
+        d = decide(eng, request("gpt-4-turbo", request_id="again", estimated_input_tokens=1000))
+        assert d.route is not None
+        result = report(eng, Outcome("again", "a", success=True, cost_usd=1.0))
+        assert result.settle.recorded
+        assert result.decision_id == d.decision_id
+        assert totals(eng) == (n * USD, 0)
 
 
-def test_second_decide_is_not_blocked_by_the_reservation_it_replaces() -> None:
-    """The first Decide's reservation takes the budget exactly to its limit; the second Decide
-    with the same request_id replaces it, so it must not count it against itself."""
+def test_a_reservation_at_the_limit_blocks_a_second_decide_with_the_same_request_id() -> None:
     eng = cloud_engine(limit_usd=0.025, action="block_all")
     first = decide(eng, request("gpt-4-turbo", request_id="dup", estimated_input_tokens=1000))
     assert first.route is not None
     assert totals(eng) == (0, TURBO_1K)
     second = decide(eng, request("gpt-4-turbo", request_id="dup", estimated_input_tokens=1000))
-    assert second.route is not None, second.verdict
+    assert isinstance(second.verdict, Reject)
+    assert second.verdict.code == RejectCode.BUDGET_EXHAUSTED
     assert totals(eng) == (0, TURBO_1K)
 
 
@@ -193,7 +210,8 @@ def test_explain_leaves_state_untouched(strategy: str) -> None:
             totals(eng, "acme"),
             dict(eng.rr),
             eng.rng.getstate(),
-            dict(eng.flights),
+            dict(eng.flights.open),
+            dict(eng.flights.late),
         )
 
     before = state()
@@ -206,7 +224,7 @@ def test_explain_leaves_state_untouched(strategy: str) -> None:
 # --- ReportOutcome ---------------------------------------------------------------------------
 
 
-def test_report_is_idempotent_per_request_id() -> None:
+def test_report_is_idempotent_per_decision() -> None:
     eng = cloud_engine()
     d = decide(eng, request("gpt-4-turbo", request_id="r1", estimated_input_tokens=1000))
     assert d.route is not None
@@ -218,6 +236,8 @@ def test_report_is_idempotent_per_request_id() -> None:
     )
     second = report(eng, Outcome("r1", "a", success=True, cost_usd=9.0))
     assert (second.settle.recorded, second.settle.charged_nano) == (False, USD // 2)
+    third = report(eng, Outcome("r1", "a", success=True, cost_usd=9.0, decision_id=d.decision_id))
+    assert (third.settle.recorded, third.settle.charged_nano) == (False, USD // 2)
     assert totals(eng) == (USD // 2, 0)
     assert eng.registry.live["a"].stats.count == 1  # statistics counted once
 
@@ -225,12 +245,12 @@ def test_report_is_idempotent_per_request_id() -> None:
 def test_report_frees_the_slot_found_by_request_id() -> None:
     """The gateway retried on an alternate: the slot on "a" is freed, statistics go to "b"."""
     eng = cloud_engine()
-    decide(eng, request("gpt-4-turbo", request_id="r1", estimated_input_tokens=1000))
-    assert slots(eng)["a"] == {"r1"}
+    d = decide(eng, request("gpt-4-turbo", request_id="r1", estimated_input_tokens=1000))
+    assert slots(eng)["a"] == {d.decision_id}
     result = report(eng, Outcome("r1", "b", success=False, http_status=503))
     assert result.settle.recorded
     assert slots(eng) == {"a": set(), "b": set()}
-    assert eng.flights == {}
+    assert len(eng.flights) == 0
     assert eng.registry.live["a"].stats.count == 0
     assert (eng.registry.live["b"].stats.count, eng.registry.live["b"].stats.failures) == (1, 1)
     assert totals(eng) == (TURBO_1K, 0)  # a failure is charged the same way
@@ -336,17 +356,17 @@ def test_budget_status_follows_the_charges() -> None:
 def test_in_flight_ttl_expiry_releases_slot_and_reservation() -> None:
     clock = FakeClock()
     eng = cloud_engine(clock=clock)
-    decide(eng, request("gpt-4-turbo", request_id="r1", estimated_input_tokens=1000))
+    d = decide(eng, request("gpt-4-turbo", request_id="r1", estimated_input_tokens=1000))
     clock.advance(TTL - 0.001)
     assert asyncio.run(eng.expire_flights()) == 0
-    assert slots(eng)["a"] == {"r1"}
+    assert slots(eng)["a"] == {d.decision_id}
     assert totals(eng) == (0, TURBO_1K)
     clock.advance(0.001)
     assert asyncio.run(eng.expire_flights()) == 1
     assert slots(eng) == {"a": set(), "b": set()}
     assert totals(eng) == (0, 0)
-    assert memory_ledger(eng).reservation("r1") is None
-    assert eng.flights == {}
+    assert memory_ledger(eng).reservation(d.decision_id) is None
+    assert eng.flights.open == {}  # kept (without a slot) for a late report
     # "a" has capacity again
     route = decide(eng, request("gpt-4-turbo")).route
     assert route is not None and route.backend_id == "a"

@@ -1,8 +1,9 @@
 """envoy.service.auth.v3.Authorization: one Check per HTTP request (SPEC §6).
 
 ext_authz has no response phase, so a Route takes no in-flight slot and charges its estimate at
-once under its request id (a later ReportOutcome with that id, seen upstream in
-`x-nexus-request-id`, settles it). Queue cannot hold here: it answers 503 + retry-after."""
+once under its decision id (a later ReportOutcome with that id, seen upstream in
+`x-nexus-decision-id`, settles it). Each Check is its own decision: a client's `x-request-id` is
+only a correlation label. Queue cannot hold here: it answers 503 + retry-after."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 
 from nexus_grpc.domain.decision import Queue, Reject
 from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.errors import LedgerError, Overloaded
 from nexus_grpc.servicers.envoy import responses
 from nexus_grpc.servicers.envoy.mapping import HeaderError, build_request, fields_from_headers
 
@@ -65,6 +67,10 @@ class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await self._check(request)
+        except (LedgerError, Overloaded) as exc:
+            rid = request.attributes.request.http.headers.get("x-request-id", "-")
+            log.warning("ext_authz: %s (request id %s)", exc, rid)
+            return denied(responses.error_reply(exc, rid))
         except Exception:
             rid = request.attributes.request.http.headers.get("x-request-id", "-")
             log.exception("ext_authz: internal error (request id %s)", rid)
@@ -91,6 +97,9 @@ class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             ok_response=pb.OkHttpResponse(
                 headers=[header_option(k, v) for k, v in set_headers],
                 headers_to_remove=remove,
-                response_headers_to_add=[header_option("x-nexus-request-id", decision.request_id)],
+                response_headers_to_add=[
+                    header_option("x-nexus-request-id", decision.request_id),
+                    header_option("x-nexus-decision-id", decision.decision_id),
+                ],
             ),
         )

@@ -25,6 +25,7 @@ from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.enums import Priority
 from nexus_grpc.domain.request import DecisionRequest, Outcome
 from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.errors import LedgerError, Overloaded
 from nexus_grpc.servicers.envoy import responses
 from nexus_grpc.servicers.envoy.mapping import (
     Body,
@@ -88,6 +89,7 @@ class Exchange:
         self.body: Body | None = None
         self.request: DecisionRequest | None = None
         self.route: Route | None = None
+        self.decision_id = ""  # one stream is one decision: the accounting key of its outcome
         self.decided_at = 0.0
         self.status: int | None = None
         self.latency_ms: int | None = None
@@ -150,7 +152,7 @@ class Exchange:
         if isinstance(verdict, Queue):
             self.stats.holds_timed_out += 1
             return immediate(responses.queue_reply(decision, verdict, held_ms=held_ms))
-        self.request, self.route = request, verdict
+        self.request, self.route, self.decision_id = request, verdict, decision.decision_id
         self.decided_at = self.engine.clock()
         self.reported = False
         common = self._route_mutation(decision, verdict)
@@ -204,8 +206,11 @@ class Exchange:
             self.status = 0
         common = pb.CommonResponse()
         assert self.request is not None
-        common.header_mutation.set_headers.append(
-            header_option("x-nexus-request-id", self.request.request_id)
+        common.header_mutation.set_headers.extend(
+            (
+                header_option("x-nexus-request-id", self.request.request_id),
+                header_option("x-nexus-decision-id", self.decision_id),
+            )
         )
         wants_usage = (
             self.engine.config.envoy.read_response_usage
@@ -235,6 +240,7 @@ class Exchange:
         self.reported = True
         latency = self.latency_ms if self.latency_ms is not None else self._elapsed_ms()
         outcome = Outcome(
+            decision_id=self.decision_id,
             request_id=self.request.request_id,
             backend_id=self.route.backend_id,
             model=self.route.model,
@@ -247,7 +253,12 @@ class Exchange:
             tenant=self.request.tenant,
         )
         self.stats.outcomes_reported += 1
-        await self.engine.report_outcome(outcome)
+        try:
+            await self.engine.report_outcome(outcome)
+        except LedgerError as exc:
+            # the upstream answered: never spoil its response; the engine retries the report
+            log.warning("ext_proc: outcome of %s not stored yet (%s); retrying", self.decision_id, exc)
+            self.engine.retry_report(outcome)
 
     async def close(self) -> None:
         """The stream ended: a routed request with no reported response is a failure."""
@@ -275,6 +286,10 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             async for msg in request_iterator:
                 try:
                     response = await exchange.handle(msg)
+                except (LedgerError, Overloaded) as exc:
+                    rid = exchange.fields.request_id if exchange.fields else "-"
+                    log.warning("ext_proc: %s (request id %s)", exc, rid)
+                    response = immediate(responses.error_reply(exc, rid))
                 except Exception:
                     rid = exchange.fields.request_id if exchange.fields else "-"
                     log.exception("ext_proc: internal error (request id %s)", rid)

@@ -21,6 +21,7 @@ ROUTING_HEADERS = (
     "x-gateway-destination-endpoint",
     "x-nexus-route-reason",
     "x-nexus-request-id",
+    "x-nexus-decision-id",
     *BUDGET_HEADERS,
 )
 _TRUE = frozenset({"true", "1", "yes"})

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from nexus_grpc.domain.decision import Decision, Exclusion, Queue, Reject, Route, summary_text
 from nexus_grpc.domain.enums import BackendStatus, BudgetStatus, ExclusionCode, RejectCode
 from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.errors import LedgerError, Overloaded
 from nexus_grpc.pipeline.executor import cap_exclusions
 from nexus_grpc.servicers.envoy.mapping import HeaderError
 
@@ -79,6 +80,7 @@ def route_headers(decision: Decision, route: Route) -> tuple[list[tuple[str, str
         ("x-nexus-model", route.model),
         ("x-nexus-route-reason", route.reason),
         ("x-nexus-request-id", decision.request_id),
+        ("x-nexus-decision-id", decision.decision_id),
     ]
     remove: list[str] = []
     endpoint = destination_endpoint(route.url)
@@ -189,6 +191,25 @@ def bad_request_reply(error: HeaderError) -> Reply:
     status, kind = BAD_REQUEST
     body = {"error": {"message": str(error), "type": kind, "param": error.param, "code": error.code}}
     return Reply(status, (("content-type", JSON),), _dump(body), f"nexus_bad_request_{error.code}")
+
+
+def error_reply(exc: BaseException, request_id: str) -> Reply:
+    """The HTTP answer for an error raised while deciding: the ledger could not store the
+    decision's money, or the server sheds load (503, retry shortly) — anything else is a bug."""
+    if isinstance(exc, LedgerError | Overloaded):
+        code = "ledger_unavailable" if isinstance(exc, LedgerError) else "overloaded"
+        status, kind = UNAVAILABLE
+        body = {
+            "error": {
+                "message": f"{exc} (request id {request_id})",
+                "type": kind,
+                "param": None,
+                "code": code,
+            }
+        }
+        headers = (("content-type", JSON), ("retry-after", "1"), ("x-nexus-request-id", request_id))
+        return Reply(status, headers, _dump(body), f"nexus_{code}")
+    return internal_error_reply(request_id)
 
 
 def internal_error_reply(request_id: str) -> Reply:

@@ -142,7 +142,7 @@ def test_outcome_cost_bounds_are_inclusive(small: TestServer, stubs_of: StubsOf)
             timeout=5,
         )
         assert out.recorded
-        assert out.cost_usd == cost
+        assert out.cost_usd == min(cost, 1000.0)  # one report charges at most [limits] max_charge_usd
 
 
 def test_unknown_backend_is_not_found(small: TestServer, stubs_of: StubsOf, error_of: ErrorOf) -> None:

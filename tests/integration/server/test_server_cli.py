@@ -75,7 +75,7 @@ def test_explain_prints_the_stage_table(demo: TestServer, cli_env: dict[str, str
     assert all(row.split()[0] == "gpt-4-turbo" for row in rows)
     assert "privacy_constraint=restricted" in out.stdout
     # Explain took no slot
-    assert demo.runtime.engine.flights == {}
+    assert len(demo.runtime.engine.flights) == 0
 
 
 def test_json_output_parses(demo: TestServer, cli_env: dict[str, str]) -> None:

@@ -146,29 +146,46 @@ def test_saturated_backend_queues_until_outcome_frees_the_slot(small: TestServer
     assert again.route.backend_id == "local"
 
 
-def test_same_request_id_replaces_its_slot_and_reservation(small: TestServer, stubs_of: StubsOf) -> None:
+def test_decides_sharing_a_request_id_are_separate_decisions(small: TestServer, stubs_of: StubsOf) -> None:
+    """A reused request id merges nothing: two Routes, two slots, two reservations, two charges."""
     s = stubs_of(small)
     same = rid()
-    for _ in range(2):
-        resp = s.decision.Decide(
+    routes = [
+        s.decision.Decide(
             dpb.DecideRequest(model="gpt-4-turbo", estimated_input_tokens=1000, request_id=same), timeout=5
+        ).route
+        for _ in range(2)
+    ]
+    assert [r.backend_id for r in routes] == ["cloud", "cloud"]
+    assert routes[0].decision_id != routes[1].decision_id
+    assert in_flight(s, "cloud") == 2
+    assert math.isclose(budget(s).reserved_usd, 0.05)
+    for _ in routes:
+        out = s.decision.ReportOutcome(
+            dpb.ReportOutcomeRequest(request_id=same, backend_id="cloud", success=True, cost_usd=0.5),
+            timeout=5,
         )
-        assert resp.route.backend_id == "cloud"
-    assert in_flight(s, "cloud") == 1
-    assert math.isclose(budget(s).reserved_usd, 0.025)
+        assert out.recorded
+    assert in_flight(s, "cloud") == 0
+    assert math.isclose(budget(s).reserved_usd, 0.0)
+    assert math.isclose(budget(s).spent_usd, 1.0)
 
 
-def test_second_decide_is_not_blocked_by_its_own_slot(small: TestServer, stubs_of: StubsOf) -> None:
-    """SPEC §1.1: a second Decide with the same request_id *replaces* the first one's slot, so
-    the slot being replaced cannot saturate the backend (max_concurrency 1) for that request."""
+def test_reused_request_ids_cannot_exceed_max_concurrency(small: TestServer, stubs_of: StubsOf) -> None:
+    """ "local" has max_concurrency 1: a second Decide with the same request id waits for it."""
     s = stubs_of(small)
     same = rid()
     first = s.decision.Decide(dpb.DecideRequest(model="m", request_id=same), timeout=5)
     assert first.route.backend_id == "local"
     second = s.decision.Decide(dpb.DecideRequest(model="m", request_id=same), timeout=5)
-    assert second.WhichOneof("decision") == "route", second
-    assert second.route.backend_id == "local"
+    assert second.WhichOneof("decision") == "queue", second
     assert in_flight(s, "local") == 1
+    done = s.decision.ReportOutcome(
+        dpb.ReportOutcomeRequest(decision_id=first.route.decision_id, backend_id="local", success=True),
+        timeout=5,
+    )
+    assert (done.recorded, done.decision_id) == (True, first.route.decision_id)
+    assert in_flight(s, "local") == 0
 
 
 def test_reject_codes(small: TestServer, stubs_of: StubsOf) -> None:

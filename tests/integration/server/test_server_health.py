@@ -171,9 +171,18 @@ def test_near_the_limit_normal_decisions_are_shed_before_high_ones(
     assert "shedding normal-priority" in (info.value.details() or "")
     high = decide(dpb.DecideRequest(request_id="h", model="m", priority=2), timeout=10)  # PRIORITY_HIGH
     assert high.route.backend_id == "local", high
+    report = server.channel.unary_unary(
+        "/nexus.v1.DecisionService/ReportOutcome",
+        request_serializer=dpb.ReportOutcomeRequest.SerializeToString,
+        response_deserializer=dpb.ReportOutcomeResponse.FromString,
+    )
+    assert report(
+        dpb.ReportOutcomeRequest(decision_id=high.route.decision_id, backend_id="local", success=True),
+        timeout=10,
+    ).recorded  # frees "local" (max_concurrency 1) for the next decision
     watches[0].cancel()
     deadline = time.monotonic() + 10
-    while True:  # below the shedding line again: normal decisions pass ("h" replaces its own slot)
+    while True:  # below the shedding line again: normal decisions pass
         try:
             assert decide(dpb.DecideRequest(request_id="h", model="m"), timeout=5).route.backend_id == "local"
             break

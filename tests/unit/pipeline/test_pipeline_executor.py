@@ -21,6 +21,7 @@ from nexus_grpc.testing.builders import (
     memory_ledger,
     report,
     request,
+    served_outcome,
 )
 from nexus_grpc.testing.clock import FakeClock
 
@@ -128,7 +129,7 @@ def test_never_queue_for_a_backend_a_policy_excludes(setup: str, code: Exclusion
     if setup == "budget":
         memory_ledger(eng).seed_spend("global", month_of(eng.wall()), 1_000_000_000)
     if setup == "quality":
-        report(eng, Outcome("old", "cloud", success=False))
+        served_outcome(eng, "cloud", success=False)
     eng.registry.set_state("cloud", BackendStatus.LOADING, eta_ms=1000)
     decision = eng.explain(
         request("gpt-4-turbo", estimated_input_tokens=1000, needs_vision=setup == "capability")

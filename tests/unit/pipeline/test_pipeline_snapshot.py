@@ -68,7 +68,7 @@ def snapshot_with(totals: dict[str, tuple[int, int] | None], **budget: float) ->
     limit = budget.pop("limit", 0.0)
     cfg = config(budget=budget_config(limit, tenants={k: v for k, v in budget.items()}))
     snap = engine(cfg).snapshot()
-    return dataclasses.replace(snap, totals=lambda scope: totals.get(scope, (0, 0)))
+    return dataclasses.replace(snap, totals=lambda scope, month: totals.get(scope, (0, 0)))
 
 
 def test_scope_view_reads_spent_and_reserved() -> None:

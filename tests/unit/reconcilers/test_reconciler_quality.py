@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from nexus_grpc.config.schema import QualityConfig
@@ -11,11 +9,10 @@ from nexus_grpc.domain.decision import Decision
 from nexus_grpc.domain.enums import ExclusionCode
 from nexus_grpc.domain.request import Outcome
 from nexus_grpc.engine import DecisionEngine
-from nexus_grpc.testing.builders import backend, config, decide, engine, report, request
+from nexus_grpc.testing.builders import backend, config, decide, engine, report, request, served_outcome
 from nexus_grpc.testing.clock import FakeClock
 
 QUALITY = "QualityReconciler"
-_outcome_ids = itertools.count(1)
 
 
 def two_backends(quality: QualityConfig) -> DecisionEngine:
@@ -26,11 +23,10 @@ def two_backends(quality: QualityConfig) -> DecisionEngine:
 def outcomes(eng: DecisionEngine, backend_id: str, *results: bool | int) -> None:
     """Report outcomes for `backend_id`: a bool is `success`, an int is an `http_status`."""
     for r in results:
-        rid = f"outcome-{next(_outcome_ids)}"
         if isinstance(r, bool):
-            report(eng, Outcome(rid, backend_id, success=r))
+            served_outcome(eng, backend_id, success=r)
         else:
-            report(eng, Outcome(rid, backend_id, http_status=r))
+            served_outcome(eng, backend_id, http_status=r)
 
 
 def quality_excluded(decision: Decision) -> set[str]:
@@ -122,7 +118,7 @@ def test_half_open_after_cooldown_and_a_success_closes() -> None:
     assert trial.route.backend_id == "a"  # the one trial request
     assert winner() == "b"  # only one: the breaker re-armed when the trial went out
     assert winner() == "b"
-    report(eng, Outcome(trial.request_id, "a", success=True))
+    report(eng, Outcome(trial.request_id, "a", success=True, decision_id=trial.decision_id))
     assert eng.registry.live["a"].breaker_since is None
     assert winner() == "a"
     assert winner() == "a"
@@ -141,7 +137,7 @@ def test_failed_trial_reopens_for_another_cooldown() -> None:
     assert trial.route is not None
     assert trial.route.backend_id == "a"
     clock.advance(5.0)
-    report(eng, Outcome(trial.request_id, "a", success=False))
+    report(eng, Outcome(trial.request_id, "a", success=False, decision_id=trial.decision_id))
     assert eng.registry.live["a"].breaker_since == clock.now
     clock.advance(29.0)
     assert quality_excluded(eng.explain(request("m"))) == {"a"}

@@ -115,6 +115,7 @@ class Route(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     FALLBACK_USED_FIELD_NUMBER: _builtins.int
     ALTERNATES_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
     backend_id: _builtins.str
     url: _builtins.str
     backend_type: _builtins.str
@@ -123,6 +124,10 @@ class Route(_message.Message):
     reason: _builtins.str
     score: _builtins.int
     fallback_used: _builtins.bool
+    decision_id: _builtins.str
+    """Server-issued id of this decision: report its outcome with it (ReportOutcomeRequest.decision_id).
+    Every Route is its own decision, whatever request_id the caller sent.
+    """
     @_builtins.property
     def alternates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -137,10 +142,11 @@ class Route(_message.Message):
         score: _builtins.int = ...,
         fallback_used: _builtins.bool = ...,
         alternates: _abc.Iterable[_builtins.str] | None = ...,
+        decision_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternates", b"alternates", "backend_id", b"backend_id", "backend_type", b"backend_type", "fallback_used", b"fallback_used", "model", b"model", "privacy_zone", b"privacy_zone", "reason", b"reason", "score", b"score", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternates", b"alternates", "backend_id", b"backend_id", "backend_type", b"backend_type", "decision_id", b"decision_id", "fallback_used", b"fallback_used", "model", b"model", "privacy_zone", b"privacy_zone", "reason", b"reason", "score", b"score", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -477,7 +483,9 @@ Global___ExplainResponse: _TypeAlias = ExplainResponse  # noqa: Y015
 
 @_typing.final
 class ReportOutcomeRequest(_message.Message):
-    """How a routed request ended."""
+    """How a routed request ended. Name the decision by decision_id (exact) or by request_id (the oldest
+    unsettled decision of that id); at least one of the two is required.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -492,6 +500,7 @@ class ReportOutcomeRequest(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     backend_id: _builtins.str
     model: _builtins.str
@@ -503,6 +512,8 @@ class ReportOutcomeRequest(_message.Message):
     output_tokens: _builtins.int
     cost_usd: _builtins.float
     tenant: _builtins.str
+    decision_id: _builtins.str
+    """The Route's decision_id. When set, the report settles exactly that decision."""
     def __init__(
         self,
         *,
@@ -517,10 +528,11 @@ class ReportOutcomeRequest(_message.Message):
         output_tokens: _builtins.int | None = ...,
         cost_usd: _builtins.float | None = ...,
         tenant: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_http_status", b"_http_status", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "_success", b"_success", "_ttft_ms", b"_ttft_ms", "cost_usd", b"cost_usd", "http_status", b"http_status", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "output_tokens", b"output_tokens", "success", b"success", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_http_status", b"_http_status", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "_success", b"_success", "_ttft_ms", b"_ttft_ms", "backend_id", b"backend_id", "cost_usd", b"cost_usd", "http_status", b"http_status", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "model", b"model", "output_tokens", b"output_tokens", "request_id", b"request_id", "success", b"success", "tenant", b"tenant", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "_http_status", b"_http_status", "_input_tokens", b"_input_tokens", "_latency_ms", b"_latency_ms", "_output_tokens", b"_output_tokens", "_success", b"_success", "_ttft_ms", b"_ttft_ms", "backend_id", b"backend_id", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "http_status", b"http_status", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "model", b"model", "output_tokens", b"output_tokens", "request_id", b"request_id", "success", b"success", "tenant", b"tenant", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -563,9 +575,14 @@ class ReportOutcomeResponse(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     ESTIMATED_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
     recorded: _builtins.bool
     cost_usd: _builtins.float
     estimated: _builtins.bool
+    decision_id: _builtins.str
+    """The decision the report settled; empty when this server knows no decision for it (it is then
+    still charged, to the report's tenant and the global scope, but feeds no statistics).
+    """
     @_builtins.property
     def budget(self) -> _types_pb2.BudgetState: ...
     def __init__(
@@ -575,10 +592,11 @@ class ReportOutcomeResponse(_message.Message):
         cost_usd: _builtins.float = ...,
         estimated: _builtins.bool = ...,
         budget: _types_pb2.BudgetState | None = ...,
+        decision_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cost_usd", b"cost_usd", "estimated", b"estimated", "recorded", b"recorded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cost_usd", b"cost_usd", "decision_id", b"decision_id", "estimated", b"estimated", "recorded", b"recorded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -71,7 +71,7 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportOutcome(self, request, context):
-        """How a routed request ended: frees the slot, settles the reservation. Idempotent per request_id.
+        """How a routed request ended: frees the slot, settles the reservation. Idempotent per decision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

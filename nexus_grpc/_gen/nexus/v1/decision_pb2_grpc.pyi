@@ -38,7 +38,7 @@ class DecisionServiceStub:
     Explain: _grpc.UnaryUnaryMultiCallable[_decision_pb2.ExplainRequest, _decision_pb2.ExplainResponse]
     """The same pipeline without side effects, with a per-stage trace."""
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_decision_pb2.ReportOutcomeRequest, _decision_pb2.ReportOutcomeResponse]
-    """How a routed request ended: frees the slot, settles the reservation. Idempotent per request_id."""
+    """How a routed request ended: frees the slot, settles the reservation. Idempotent per decision."""
 
 @_typing.type_check_only
 class DecisionServiceAsyncStub(DecisionServiceStub):
@@ -50,7 +50,7 @@ class DecisionServiceAsyncStub(DecisionServiceStub):
     Explain: _aio.UnaryUnaryMultiCallable[_decision_pb2.ExplainRequest, _decision_pb2.ExplainResponse]  # type: ignore[assignment]
     """The same pipeline without side effects, with a per-stage trace."""
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_decision_pb2.ReportOutcomeRequest, _decision_pb2.ReportOutcomeResponse]  # type: ignore[assignment]
-    """How a routed request ended: frees the slot, settles the reservation. Idempotent per request_id."""
+    """How a routed request ended: frees the slot, settles the reservation. Idempotent per decision."""
 
 class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Routing decisions for LLM requests."""
@@ -77,6 +77,6 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _decision_pb2.ReportOutcomeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_decision_pb2.ReportOutcomeResponse, _abc.Awaitable[_decision_pb2.ReportOutcomeResponse]]:
-        """How a routed request ended: frees the slot, settles the reservation. Idempotent per request_id."""
+        """How a routed request ended: frees the slot, settles the reservation. Idempotent per decision."""
 
 def add_DecisionServiceServicer_to_server(servicer: DecisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
