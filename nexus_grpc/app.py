@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -22,16 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nexus_grpc._gen.nexus.v1 import (
-    admin_pb2,
     admin_pb2_grpc,
-    budget_pb2,
     budget_pb2_grpc,
-    decision_pb2,
     decision_pb2_grpc,
-    registry_pb2,
     registry_pb2_grpc,
 )
 from nexus_grpc.config.demo import DEMO_LOADING_BACKEND, DEMO_SEED_SPEND_USD, demo_config
+from nexus_grpc.config.errors import ConfigError, ConfigIssue
 from nexus_grpc.config.loader import load_config
 from nexus_grpc.config.schema import Config, TlsConfig
 from nexus_grpc.domain.enums import BackendStatus
@@ -42,30 +38,25 @@ from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.pipeline.budget import GLOBAL
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.reconcilers import default_stages
-from nexus_grpc.servicers.admin import AdminServicer, GateInterceptor
+from nexus_grpc.servicers.admin import AdminServicer
 from nexus_grpc.servicers.budget import BudgetServicer
 from nexus_grpc.servicers.decision import DecisionServicer
 from nexus_grpc.servicers.envoy import add_envoy_servicers
+from nexus_grpc.servicers.gate import Gate, register
 from nexus_grpc.servicers.registry import RegistryServicer
 from nexus_grpc.state.admin_sync import AdminSync
 from nexus_grpc.state.health import HealthProber
 from nexus_grpc.state.registry import Registry
 from nexus_grpc.state.reload import ConfigWatcher
+from nexus_grpc.state.server import ServerState
 from nexus_grpc.telemetry.decision_log import DecisionLog
 from nexus_grpc.telemetry.prometheus import serve_metrics
 
 log = logging.getLogger("nexus_grpc")
 # sections that need a restart; a reload reports a change to them and keeps the running values
 RESTART_SECTIONS = ("server", "ledger", "telemetry")
-SHED_FRACTION = 0.9  # of max_concurrent_rpcs, above which normal-priority Decides are shed
+OPEN_RPCS = 64  # beyond the unary and stream budgets: health checks and reflection
 ADMIN_SYNC_INTERVAL = 0.2  # seconds between reads of the other workers' admin changes
-
-SERVICE_NAMES = (
-    decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
-    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
-    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-)
 
 
 def make_ledger(config: Config) -> Ledger:
@@ -94,17 +85,22 @@ class Runtime:
         self.engine = DecisionEngine(self.registry, Pipeline(default_stages()), make_ledger(config))
         self.health = health_aio.HealthServicer()
         self.config_loaded_at = _iso_now()
-        self.draining = False
-        self.refusing = False
-        self.ready = False
-        self.reload_failures = 0
-        self.active_rpcs = 0  # counted by GateInterceptor, this RPC included
-        self.listen = config.server.listen
+        server = config.server
+        self.state = ServerState(
+            max_unary=server.max_concurrent_rpcs,
+            max_streams=server.max_concurrent_streams,
+            admin_token_env=server.admin_token_env,
+            client_token_env=server.client_token_env,
+            listen=server.listen,
+        )
+        self.gate = Gate(self.state)
         self.port = 0
         self.server: grpc.aio.Server | None = None
         self.metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._serving_health = False
+        self._ledger_unwritable = False
         self.prober = HealthProber(self.registry, on_change=self.engine.watch.notify)
         self._reload_lock = asyncio.Lock()  # reloads (SIGHUP, RPC, file watch) apply in order
 
@@ -112,33 +108,50 @@ class Runtime:
     def config(self) -> Config:
         return self.registry.config
 
-    def overloaded(self) -> bool:
-        """Above SHED_FRACTION of max_concurrent_rpcs (long-lived streams count), normal-priority
-        decisions are shed so that HIGH ones still get through; grpc refuses all beyond the max."""
-        limit = self.config.server.max_concurrent_rpcs
-        return self.active_rpcs > max(1, int(limit * SHED_FRACTION))
+    # the serving state, kept in `state` (read by the gate in front of every RPC)
+    @property
+    def listen(self) -> str:
+        return self.state.listen
+
+    @listen.setter
+    def listen(self, value: str) -> None:
+        self.state.listen = value
+
+    @property
+    def draining(self) -> bool:
+        return self.state.draining
+
+    @property
+    def refusing(self) -> bool:
+        return self.state.refusing
+
+    @refusing.setter
+    def refusing(self, value: bool) -> None:
+        self.state.refusing = value
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
 
     @property
     def loopback_only(self) -> bool:
-        if self.listen.startswith("unix:"):
-            return True
-        host = self.listen.rsplit(":", 1)[0].strip("[]")
-        return host in ("localhost", "::1") or host.startswith("127.")
-
-    def admin_token(self) -> str:
-        env = self.config.server.admin_token_env
-        return os.environ.get(env, "") if env else ""
-
-    def client_token(self) -> str:
-        env = self.config.server.client_token_env
-        return os.environ.get(env, "") if env else ""
+        return self.state.loopback_only
 
     def degraded_reasons(self) -> list[str]:
         reasons = []
-        if not self.engine.ledger.available:
-            reasons.append(f"ledger {self.engine.ledger.kind} unavailable: budget fails open")
-        if self.reload_failures:
-            reasons.append(f"{self.reload_failures} config reload(s) failed; running {self.config.version}")
+        ledger = self.engine.ledger
+        if not ledger.available:
+            reasons.append(f"ledger {ledger.kind} unavailable: budget fails open")
+        if ledger.write_error is not None:
+            reasons.append(
+                f"ledger {ledger.kind} cannot store changes ({ledger.write_error}): priced decisions fail"
+            )
+        if self.engine.reports_waiting:
+            reasons.append(f"{self.engine.reports_waiting} outcome(s) waiting for the ledger")
+        if self.state.reload_failures:
+            reasons.append(
+                f"{self.state.reload_failures} config reload(s) failed; running {self.config.version}"
+            )
         return reasons
 
     async def reload(self) -> Config:
@@ -150,8 +163,19 @@ class Runtime:
     async def _reload(self, path: Path) -> Config:
         try:
             config = await asyncio.to_thread(load_config, path)
+            if not config.backends and self.config.backends and not config.routing.allow_empty_fleet:
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            str(path),
+                            "backends",
+                            "the file defines no backend: reloading it would drop every backend; "
+                            "set [routing] allow_empty_fleet = true if that is what you want",
+                        )
+                    ]
+                )
         except Exception:
-            self.reload_failures += 1
+            self.state.reload_failures += 1
             raise
         old = self.config
         for section in RESTART_SECTIONS:
@@ -173,25 +197,46 @@ class Runtime:
         self._start_telemetry()
         if self.demo:
             self._seed_demo()
+        server_cfg = config.server
         server = grpc.aio.server(
-            interceptors=[GateInterceptor(self)],
             options=[
                 ("grpc.so_reuseport", 1 if options.reuse_port else 0),
                 ("grpc.max_receive_message_length", config.limits.max_message_bytes),
                 ("grpc.max_send_message_length", config.limits.max_message_bytes),
             ],
-            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+            # the gate enforces the unary and stream budgets apart; this is the hard ceiling
+            maximum_concurrent_rpcs=server_cfg.max_concurrent_rpcs
+            + server_cfg.max_concurrent_streams
+            + OPEN_RPCS,
         )
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(
-            DecisionServicer(self.engine, self.overloaded), server
-        )
+        gate = self.gate
+        names = [
+            register(
+                server,
+                decision_pb2_grpc.add_DecisionServiceServicer_to_server,
+                DecisionServicer(self.engine, self.state.overloaded),
+                gate,
+            )
+        ]
         sync = AdminSync(options.admin_sync) if options.admin_sync is not None else None
         self.registry_servicer = RegistryServicer(self.engine, sync)
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(self.registry_servicer, server)
-        budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(self.engine), server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
-        names = list(SERVICE_NAMES)
-        names.extend(add_envoy_servicers(self, server))
+        admin = AdminServicer(
+            self.engine,
+            self.state,
+            reload=self.reload if self.config_path is not None else None,
+            loaded_at=lambda: self.config_loaded_at,
+            degraded=self.degraded_reasons,
+        )
+        names += [
+            register(
+                server, registry_pb2_grpc.add_RegistryServiceServicer_to_server, self.registry_servicer, gate
+            ),
+            register(
+                server, budget_pb2_grpc.add_BudgetServiceServicer_to_server, BudgetServicer(self.engine), gate
+            ),
+            register(server, admin_pb2_grpc.add_AdminServiceServicer_to_server, admin, gate),
+            *add_envoy_servicers(self.engine, server, gate),
+        ]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
@@ -199,6 +244,7 @@ class Runtime:
         self.port = self._bind(server, self.listen)
         await server.start()
         self.server = server
+        self._warn_if_open()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._tasks = [asyncio.create_task(self._upkeep(), name="nexus-upkeep"), *self._start_watchers()]
         if config.health_check.enabled:  # SERVING once the first probe round has finished
@@ -238,10 +284,10 @@ class Runtime:
             await self._serving()
 
     async def _serving(self) -> None:
-        self.ready = True
+        self.state.ready = True
         # config, fleet and generated code are long-lived: keep them out of the collector's scans
         gc.freeze()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._update_health()
         config = self.config
         log.info("serving on %s (config %s, %s ledger)", self.listen, config.version, self.engine.ledger.kind)
 
@@ -264,10 +310,29 @@ class Runtime:
             self.engine.decision_log.close()
             self.engine.decision_log = None
 
+    def _warn_if_open(self) -> None:
+        """Listening beyond loopback with no admin token: say what that means, at once."""
+        st = self.state
+        if st.loopback_only or st.admin_token():
+            return
+        log.warning(
+            "listening on %s beyond loopback with no admin token: admin RPCs (RegistryService "
+            "mutations, ReloadConfig) are refused; set the environment variable %s to allow them with "
+            "'authorization: Bearer <token>'%s",
+            st.listen,
+            st.admin_token_env or "named by [server] admin_token_env",
+            ""
+            if st.client_token()
+            else "; data-plane RPCs are open to anyone who can reach the port "
+            "(set [server] client_token_env to require a token)",
+        )
+
     def _bind(self, server: grpc.aio.Server, listen: str) -> int:
         tls = self.config.server.tls
         try:
             port = self._add_port(server, listen, tls)
+        except OSError:
+            raise
         except RuntimeError as exc:  # grpcio reports a failed bind this way
             raise OSError(f"cannot listen on {listen} (address in use?)") from exc
         if port == 0:
@@ -281,11 +346,17 @@ class Runtime:
         if tls is None:
             port = server.add_insecure_port(listen)
         else:
-            ca = tls.client_ca.read_bytes() if tls.client_ca else None
+            files = {"cert": tls.cert, "key": tls.key, "client_ca": tls.client_ca}
+            loaded: dict[str, bytes | None] = {}
+            for key, path in files.items():
+                try:
+                    loaded[key] = path.read_bytes() if path is not None else None
+                except OSError as exc:
+                    raise OSError(f"[server.tls] {key}: cannot read {path}: {exc.strerror or exc}") from None
+            cert, key_pem, ca = loaded["cert"], loaded["key"], loaded["client_ca"]
+            assert cert is not None and key_pem is not None
             creds = grpc.ssl_server_credentials(
-                [(tls.key.read_bytes(), tls.cert.read_bytes())],
-                root_certificates=ca,
-                require_client_auth=ca is not None,
+                [(key_pem, cert)], root_certificates=ca, require_client_auth=ca is not None
             )
             port = server.add_secure_port(listen, creds)
         return port
@@ -294,6 +365,32 @@ class Runtime:
         await self.health.set("", status)
         for name in self._names:
             await self.health.set(name, status)
+
+    async def _update_health(self) -> None:
+        """SERVING while ready, not draining, and the ledger can store changes (a replica that
+        cannot record money is taken out of rotation until its ledger recovers)."""
+        serving = self.state.ready and not self.state.draining and not self._ledger_unwritable
+        if serving != self._serving_health:
+            self._serving_health = serving
+            status = health_pb2.HealthCheckResponse
+            await self._set_health(status.SERVING if serving else status.NOT_SERVING)
+
+    async def _check_ledger(self) -> None:
+        ledger = self.engine.ledger
+        if ledger.write_error is not None:
+            await ledger.check_writable()
+        unwritable = ledger.write_error is not None
+        if unwritable != self._ledger_unwritable:
+            self._ledger_unwritable = unwritable
+            if unwritable:
+                log.error(
+                    "ledger cannot store changes (%s): health NOT_SERVING until it can", ledger.write_error
+                )
+            else:
+                log.info("ledger stores changes again: health SERVING")
+            await self._update_health()
+        if not unwritable and self.engine.reports_waiting:
+            await self.engine.retry_reports()
 
     def _seed_demo(self) -> None:
         ledger = self.engine.ledger
@@ -319,6 +416,7 @@ class Runtime:
             await asyncio.sleep(1.0)
             try:
                 await self.engine.expire_flights()
+                await self._check_ledger()
                 budget = self.config.routing.budget
                 interval = budget.reconciliation_interval_secs if budget else 60.0
                 if time.monotonic() - last_refresh >= interval:
@@ -338,8 +436,8 @@ class Runtime:
             await self._stopped.wait()
             return
         server_cfg = self.config.server
-        self.draining = True
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.state.draining = True
+        await self._update_health()
         await asyncio.sleep(server_cfg.drain_seconds if drain_seconds is None else drain_seconds)
         self.refusing = True
         for task in self._tasks:

@@ -73,6 +73,29 @@ def _query(args: argparse.Namespace, explain: bool) -> int:
     return query(args, explain=explain)
 
 
+def _tokens(text: str) -> int:
+    """A token count for --tokens/--max-output: the same rule as the server's (0..10 000 000)."""
+    from nexus_grpc.config.schema import LimitsConfig
+    from nexus_grpc.domain import validate
+    from nexus_grpc.errors import FieldError
+
+    try:
+        return validate.token_count(int(text), "count", LimitsConfig().max_tokens)
+    except ValueError as exc:
+        problem = exc.problem if isinstance(exc, FieldError) else f"{text!r} is not an integer"
+        raise argparse.ArgumentTypeError(problem) from None
+
+
+def _tier(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= 5:
+        raise argparse.ArgumentTypeError(f"{value} is out of range 0..5")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus-grpc", description="gRPC decision engine for LLM routing")
     parser.add_argument("--version", action="version", version=f"nexus-grpc {__version__}")
@@ -95,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=f"{'explain' if explain else 'ask for'} a decision and print it")
         q.add_argument("model")
         q.add_argument("--target", default="127.0.0.1:50051")
-        q.add_argument("--tokens", type=int, default=0, help="estimated input tokens")
-        q.add_argument("--max-output", type=int, default=0, help="max output tokens")
+        q.add_argument("--tokens", type=_tokens, default=0, help="estimated input tokens")
+        q.add_argument("--max-output", type=_tokens, default=0, help="max output tokens")
         q.add_argument("--tenant", default="")
         q.add_argument("--request-id", default="")
         q.add_argument("--privacy", choices=["restricted", "open"])
-        q.add_argument("--min-tier", type=int, default=0)
+        q.add_argument("--min-tier", type=_tier, default=0)
         q.add_argument("--flexible", action="store_true", help="accept a tier downgrade")
         q.add_argument("--priority", choices=["normal", "high"])
         q.add_argument("--vision", action="store_true")

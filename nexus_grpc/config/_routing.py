@@ -32,6 +32,7 @@ def routing(t: Table | None, ctx: Context) -> RoutingConfig:
         fallbacks=_fallbacks(t.table("fallbacks")),
         policies=tuple(_policy(p, ctx) for p in t.tables("policies")),
         budget=_budget(t.table("budget")),
+        allow_empty_fleet=t.boolean("allow_empty_fleet", d.allow_empty_fleet),
     )
     t.finish()
     return result

@@ -46,7 +46,8 @@ def server(t: Table | None, ctx: Context) -> ServerConfig:
         listen=address(t, "listen", d.listen),
         admin_token_env=t.string("admin_token_env", d.admin_token_env),
         client_token_env=t.string("client_token_env", d.client_token_env),
-        max_concurrent_rpcs=t.integer("max_concurrent_rpcs", d.max_concurrent_rpcs, 1),
+        max_concurrent_rpcs=t.integer("max_concurrent_rpcs", d.max_concurrent_rpcs, 1, 65536),
+        max_concurrent_streams=t.integer("max_concurrent_streams", d.max_concurrent_streams, 1, 65536),
         drain_seconds=t.duration("drain_seconds", d.drain_seconds, allow_zero=True),
         grace_seconds=t.duration("grace_seconds", d.grace_seconds, allow_zero=True),
         watch_config=t.boolean("watch_config", d.watch_config),
@@ -169,6 +170,7 @@ def limits(t: Table | None) -> LimitsConfig:
         max_label_key_len=t.integer("max_label_key_len", d.max_label_key_len, 1),
         max_label_value_len=t.integer("max_label_value_len", d.max_label_value_len, 1),
         max_tokens=t.integer("max_tokens", d.max_tokens, 1, 2**32 - 1),
+        max_charge_usd=t.number("max_charge_usd", d.max_charge_usd, 0.000001, 1_000_000.0),
     )
     t.finish()
     return result

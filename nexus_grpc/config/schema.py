@@ -29,7 +29,8 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     admin_token_env: str = "NEXUS_ADMIN_TOKEN"
     client_token_env: str = ""
-    max_concurrent_rpcs: int = 1024
+    max_concurrent_rpcs: int = 1024  # unary RPCs in progress
+    max_concurrent_streams: int = 1024  # streams in progress (Envoy ext_proc, Queue holds)
     drain_seconds: float = 5.0
     grace_seconds: float = 10.0
     watch_config: bool = False
@@ -72,6 +73,7 @@ class RoutingConfig:
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     policies: tuple[Policy, ...] = ()
     budget: BudgetConfig | None = None
+    allow_empty_fleet: bool = False  # only then may a reload leave no backend at all
 
 
 @dataclass(frozen=True, slots=True)

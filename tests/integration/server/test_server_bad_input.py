@@ -209,6 +209,16 @@ BAD_BACKENDS: list[tuple[str, dict[str, Any]]] = [
     ("pricing", {"pricing": tpb.Pricing(input_per_1k=float("nan"), output_per_1k=0.0)}),
     ("pricing", {"pricing": tpb.Pricing(input_per_1k=0.0, output_per_1k=float("inf"))}),
     ("pricing", {"pricing": tpb.Pricing(input_per_1k=0.0000001, output_per_1k=0.0)}),
+    # found while trying the admin API as a hostile caller would
+    ("id", {"id": "gpu 1"}),  # whitespace
+    ("id", {"id": "gpu\u200f1"}),  # a right-to-left mark
+    ("id", {"id": "gpu\x7f"}),  # DEL
+    ("models", {"models": [tpb.Model(id="m"), tpb.Model(id="m")]}),  # duplicate model ids
+    ("url", {"url": "http://"}),  # no host
+    ("url", {"url": "http://[::1"}),  # unparseable
+    ("context_length", {"models": [tpb.Model(id="m", context_length=0)]}),
+    ("pricing", {"pricing": tpb.Pricing(input_per_1k=1e300, output_per_1k=0.0)}),
+    ("models[0].id", {"type": "openai", "models": [tpb.Model(id="unpriced-cloud-model")]}),  # budget set
 ]
 
 

@@ -252,3 +252,23 @@ def test_client_query_against_a_scripted_channel(
     worker.join(10)
     assert result == [0, 1]
     assert "INVALID_ARGUMENT: model: is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--tokens", "-5"], "negative"),
+        (["--tokens", "99999999999"], "above the limit of 10000000"),
+        (["--max-output", "1.5"], "not an integer"),
+        (["--min-tier", "9"], "out of range 0..5"),
+    ],
+)
+def test_out_of_range_arguments_are_clean_usage_errors(
+    args: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["decide", "m", *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err
+    assert "Traceback" not in err

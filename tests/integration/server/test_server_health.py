@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -117,77 +119,134 @@ def test_second_server_on_a_taken_port_fails(small: TestServer, small_toml: str)
         stubs.close()
 
 
-def test_rpcs_beyond_max_concurrent_rpcs_are_refused_at_once(
-    start_server: Callable[..., TestServer], small_toml: str
-) -> None:
-    """Long-lived streams (ext_proc holds, health watches) count; the next RPC gets
-    RESOURCE_EXHAUSTED at once instead of piling up (SPEC §9)."""
-    text = small_toml.replace("[server]\n", "[server]\nmax_concurrent_rpcs = 2\n", 1)
-    server = start_server(config_text=text)
-    health = health_pb2_grpc.HealthStub(server.channel)
-    watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(2)]
-    for watch in watches:
-        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # both streams are open
-    decide = server.channel.unary_unary(
+class HeldLedger:
+    """Holds every unary RPC that writes to the server's sqlite ledger: the ledger's one thread
+    waits on an event, so ReportOutcome calls stay in progress until `release()`."""
+
+    def __init__(self, server: TestServer) -> None:
+        self.server = server
+        self.event = threading.Event()
+        ledger = server.runtime.engine.ledger
+        self.blocker = server.submit(ledger._db.run(lambda conn: self.event.wait(30)))  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        self.event.set()
+        self.blocker.result(timeout=10)
+
+
+def _sqlite(text: str, tmp_path: Path, **server: int) -> str:
+    lines = "".join(f"{k} = {v}\n" for k, v in server.items())
+    text = text.replace("[server]\n", f"[server]\n{lines}", 1)
+    return text.replace(
+        '[ledger]\nkind = "memory"', f'[ledger]\nkind = "sqlite"\npath = "{tmp_path / "l.db"}"'
+    )
+
+
+def _report_futures(server: TestServer, n: int) -> list[grpc.Future[Any]]:
+    report = server.channel.unary_unary(
+        "/nexus.v1.DecisionService/ReportOutcome",
+        request_serializer=dpb.ReportOutcomeRequest.SerializeToString,
+        response_deserializer=dpb.ReportOutcomeResponse.FromString,
+    )
+    futures = [
+        report.future(
+            dpb.ReportOutcomeRequest(request_id=f"held-{i}", backend_id="x", success=True), timeout=20
+        )
+        for i in range(n)
+    ]
+    deadline = time.monotonic() + 10
+    while server.runtime.state.unary_active < n:  # the server has them all in progress
+        assert time.monotonic() < deadline, server.runtime.state.unary_active
+        time.sleep(0.01)
+    return futures
+
+
+def _decide(server: TestServer) -> Any:
+    return server.channel.unary_unary(
         "/nexus.v1.DecisionService/Decide",
         request_serializer=dpb.DecideRequest.SerializeToString,
         response_deserializer=dpb.DecideResponse.FromString,
     )
+
+
+def test_unary_rpcs_beyond_max_concurrent_rpcs_are_refused_at_once(
+    start_server: Callable[..., TestServer], small_toml: str, tmp_path: Path
+) -> None:
+    """Two ReportOutcome calls stuck on a slow disk fill a budget of 2: the next unary RPC gets
+    RESOURCE_EXHAUSTED at once instead of piling up."""
+    server = start_server(config_text=_sqlite(small_toml, tmp_path, max_concurrent_rpcs=2))
+    held = HeldLedger(server)
+    futures = _report_futures(server, 2)
+    decide = _decide(server)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         decide(dpb.DecideRequest(model="m"), timeout=10)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_concurrent_rpcs" in (info.value.details() or "")
     assert time.monotonic() - started < 5  # refused, not queued until the deadline
-    for watch in watches:
-        watch.cancel()
+    held.release()
+    assert all(f.result(timeout=10).recorded for f in futures)
+    assert decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "local"
+
+
+def _silent_until(gate: threading.Event) -> Iterator[bytes]:
+    """A request stream that sends nothing until `gate` is set (a slow HTTP client)."""
+    gate.wait(30)
+    yield from ()
+
+
+def test_streams_have_their_own_budget(start_server: Callable[..., TestServer], small_toml: str) -> None:
+    """Envoy ext_proc streams held open (slow HTTP clients) fill their own budget, never the
+    unary one: direct callers keep deciding, and one stream too many is refused at once."""
+    text = small_toml.replace(
+        "[server]\n", "[server]\nmax_concurrent_rpcs = 2\nmax_concurrent_streams = 3\n", 1
+    )
+    server = start_server(config_text=text)
+    process = server.channel.stream_stream(
+        "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    gates: list[threading.Event] = []
+    calls = []
+    for _ in range(3):
+        gate = threading.Event()
+        gates.append(gate)
+        calls.append(process(_silent_until(gate), timeout=30))
     deadline = time.monotonic() + 10
-    while True:  # the slots free up once the server has seen the cancellations
-        try:
-            assert decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "local"
-            break
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
-            time.sleep(0.05)
+    while server.runtime.state.streams_active < 3:
+        assert time.monotonic() < deadline, server.runtime.state.streams_active
+        time.sleep(0.01)
+    extra = process(iter(()), timeout=10)
+    with pytest.raises(grpc.RpcError) as info:
+        list(extra)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_concurrent_streams" in (info.value.details() or "")
+    decide = _decide(server)
+    for _ in range(5):  # the unary budget (2) is untouched by the three held streams
+        assert decide(dpb.DecideRequest(model="gpt-4-turbo"), timeout=5).route.backend_id == "cloud"
+    for gate, call in zip(gates, calls, strict=True):
+        gate.set()
+        call.cancel()
 
 
 def test_near_the_limit_normal_decisions_are_shed_before_high_ones(
-    start_server: Callable[..., TestServer], small_toml: str
+    start_server: Callable[..., TestServer], small_toml: str, tmp_path: Path
 ) -> None:
-    """SPEC §1.1: HIGH requests are the last to be shed under overload."""
-    text = small_toml.replace("[server]\n", "[server]\nmax_concurrent_rpcs = 4\n", 1)
-    server = start_server(config_text=text)
-    health = health_pb2_grpc.HealthStub(server.channel)
-    watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(3)]
-    for watch in watches:
-        next(watch)
-    decide = server.channel.unary_unary(
-        "/nexus.v1.DecisionService/Decide",
-        request_serializer=dpb.DecideRequest.SerializeToString,
-        response_deserializer=dpb.DecideResponse.FromString,
-    )
+    """Above 90 % of the unary budget, normal-priority Decides are shed; HIGH ones still pass."""
+    server = start_server(config_text=_sqlite(small_toml, tmp_path, max_concurrent_rpcs=4))
+    held = HeldLedger(server)
+    futures = _report_futures(server, 3)
+    decide = _decide(server)
     with pytest.raises(grpc.RpcError) as info:
         decide(dpb.DecideRequest(request_id="n", model="m"), timeout=10)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "shedding normal-priority" in (info.value.details() or "")
     high = decide(dpb.DecideRequest(request_id="h", model="m", priority=2), timeout=10)  # PRIORITY_HIGH
     assert high.route.backend_id == "local", high
-    report = server.channel.unary_unary(
-        "/nexus.v1.DecisionService/ReportOutcome",
-        request_serializer=dpb.ReportOutcomeRequest.SerializeToString,
-        response_deserializer=dpb.ReportOutcomeResponse.FromString,
+    held.release()
+    assert all(f.result(timeout=10).recorded for f in futures)
+    # below the shedding line again: normal decisions pass (on "cloud": "local" is busy with "h")
+    assert (
+        decide(dpb.DecideRequest(request_id="n", model="gpt-4-turbo"), timeout=5).route.backend_id == "cloud"
     )
-    assert report(
-        dpb.ReportOutcomeRequest(decision_id=high.route.decision_id, backend_id="local", success=True),
-        timeout=10,
-    ).recorded  # frees "local" (max_concurrency 1) for the next decision
-    watches[0].cancel()
-    deadline = time.monotonic() + 10
-    while True:  # below the shedding line again: normal decisions pass
-        try:
-            assert decide(dpb.DecideRequest(request_id="h", model="m"), timeout=5).route.backend_id == "local"
-            break
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
-            time.sleep(0.05)
-    for watch in watches[1:]:
-        watch.cancel()

@@ -289,7 +289,7 @@ PHASE2 = {
     "max wait 0": ("[queue]\nmax_wait_ms = 0", "queue.max_wait_ms", "must be 1.."),
     "drain negative": ("[server]\ndrain_seconds = -1", "server.drain_seconds", "at least 0"),
     "workers 0": ("[server]\nworkers = 0", "server.workers", "must be 1..1024"),
-    "max rpcs 0": ("[server]\nmax_concurrent_rpcs = 0", "server.max_concurrent_rpcs", "at least 1"),
+    "max rpcs 0": ("[server]\nmax_concurrent_rpcs = 0", "server.max_concurrent_rpcs", "must be 1..65536"),
     "limits 0": ("[limits]\nmax_model_len = 0", "limits.max_model_len", "at least 1"),
     "negative price": (
         "[pricing.m]\ninput_per_1k=-1\noutput_per_1k=1",
