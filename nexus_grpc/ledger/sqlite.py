@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nexus_grpc.ledger.base import Pending, Reservation, SettleResult, Totals, month_of, previous_month
-from nexus_grpc.ledger.journal import SqliteThread, TaskSet
+from nexus_grpc.ledger.sqlite_thread import SqliteThread, TaskSet
 
 now = time.time
 T = TypeVar("T")

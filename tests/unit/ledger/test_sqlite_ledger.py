@@ -237,7 +237,7 @@ def test_every_acknowledged_settle_survives_kill_9_exactly_once(tmp_path: Path) 
 def test_switching_to_wal_waits_out_another_process_holding_the_lock(tmp_path: Path) -> None:
     """`serve --workers N` opens one new ledger file from N processes at once; the WAL switch
     needs an exclusive lock and sqlite answers "locked" at once instead of waiting."""
-    from nexus_grpc.ledger.journal import _enable_wal
+    from nexus_grpc.ledger.sqlite_thread import _enable_wal
 
     path = tmp_path / "fresh.db"
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
