@@ -78,10 +78,12 @@ class Recovery:
 
     async def catch_up(self) -> None:
         """Push releases, journaled settles and reservations made while the store was down.
-        Each key is pushed under its lock, so a concurrent call on that key runs before or after."""
+        Each key is pushed under its lock, so a concurrent call on that key runs before or after.
+        A reservation settled while down is left to its replayed settle, which drops it and keeps
+        its place in the request index."""
         for key, r in list(self._state.pending_release.items()):
             async with self._locks.hold(key):
-                if self._state.pending_release.get(key) is r:
+                if self._state.pending_release.get(key) is r and key not in self._state.journaled:
                     try:
                         await self._store.script("release", [key])
                     except Refused as exc:
