@@ -45,6 +45,7 @@ _OS_PROBLEMS = {
     errno.EPERM: "permission denied",
     errno.EISDIR: "the path is a directory",
     errno.ENOTDIR: "a parent of the path is not a directory",
+    errno.EEXIST: "a parent of the path is not a directory",  # mkdir of the parent met a file
 }
 
 

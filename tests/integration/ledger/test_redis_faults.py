@@ -347,3 +347,18 @@ def test_a_journal_of_the_previous_schema_is_replayed(
             await a.close()
 
     asyncio.run(body())
+
+
+def test_a_journal_that_cannot_be_opened_fails_start_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / "journal.db"  # creating its folder fails (an OSError)
+
+    async def body() -> None:
+        a = RedisLedger("redis://127.0.0.1:1/0", path)
+        with pytest.raises(LedgerError) as failed:
+            await a.start()
+        assert str(failed.value) == f"redis ledger journal {path}: a parent of the path is not a directory"
+        assert not a.available
+        await a.close()
+
+    asyncio.run(body())
