@@ -9,7 +9,8 @@ import math
 import os
 import random
 import sqlite3
-import tempfile
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -311,61 +312,74 @@ def test_a_directory_in_place_of_the_file_fails_start(tmp_path: Path) -> None:
     asyncio.run(body())
 
 
-def _start_unprivileged(path: Path) -> str:
-    """Start a ledger on `path` as a user without write permission; return the outcome.
+_START = """
+import asyncio, ctypes, os, sys
+from pathlib import Path
 
-    chmod does not stop root, and tests run as root here: then a forked child drops to the
-    `nobody` user before opening the file (every module it needs is loaded already), so sqlite
-    meets a genuinely read-only file and directory."""
+if sys.argv[1] == "drop":
+    # as root: drop the capabilities that let root write what its mode forbids from the bounding
+    # set, then exec again: the new program runs without them
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            print("cannot drop capabilities:", os.strerror(ctypes.get_errno()))
+            sys.exit(3)
+    os.execv(sys.executable, [sys.executable, __file__, "run", sys.argv[2]])
 
-    async def attempt() -> str:
+from nexus_grpc.errors import LedgerError
+from nexus_grpc.ledger.sqlite import SqliteLedger
+
+async def main():
+    ledger = SqliteLedger(Path(sys.argv[2]))
+    try:
+        await ledger.start()
+    except LedgerError as exc:
+        print(exc)
+        return
+    await ledger.close()
+    print("started")
+
+asyncio.run(main())
+"""
+
+
+def _start_without_write_permission(path: Path, script: Path) -> str:
+    """Start a ledger on `path` in a process that file modes apply to; return what it printed.
+
+    chmod does not stop root, and tests run as root here: then the process first drops
+    CAP_DAC_OVERRIDE (and its kin) for good, so sqlite meets a genuinely read-only file and
+    directory, as any other user would."""
+    script.write_text(_START)
+    stage = "drop" if os.geteuid() == 0 else "run"
+    done = subprocess.run(
+        [sys.executable, str(script), stage, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode == 3:
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_read_only_file_fails_start_naming_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "ledger.db"
+
+    async def seed() -> None:
         ledger = SqliteLedger(path)
-        try:
-            await ledger.start()
-        except LedgerError as exc:
-            return str(exc)
+        await ledger.start()
+        await ledger.settle("s", [G], 5, MONTH, estimated=False)
         await ledger.close()
-        return "started"
 
-    if os.geteuid() != 0:
-        return asyncio.run(attempt())
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            os.write(write, asyncio.run(attempt()).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        outcome = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return outcome
-
-
-def test_a_read_only_file_fails_start_naming_the_file() -> None:
-    # not under tmp_path: its parents are private to root, and the unprivileged child must reach
-    # the file to find it read-only
-    with tempfile.TemporaryDirectory(prefix="nexus-ro-") as top:
-        Path(top).chmod(0o755)
-        folder = Path(top) / "ro"
-        folder.mkdir()
-        path = folder / "ledger.db"
-
-        async def seed() -> None:
-            ledger = SqliteLedger(path)
-            await ledger.start()
-            await ledger.settle("s", [G], 5, MONTH, estimated=False)
-            await ledger.close()
-
-        asyncio.run(seed())
-        path.chmod(0o444)
-        folder.chmod(0o555)
-        try:
-            assert _start_unprivileged(path) == f"sqlite ledger {path}: the file is read-only"
-        finally:
-            folder.chmod(0o755)
+    asyncio.run(seed())
+    path.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        outcome = _start_without_write_permission(path, tmp_path / "start.py")
+        assert outcome == f"sqlite ledger {path}: the file is read-only"
+    finally:
+        folder.chmod(0o755)
