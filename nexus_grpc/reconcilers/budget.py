@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from nexus_grpc.domain.decision import BudgetView
 from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode, PrivacyZone
 from nexus_grpc.domain.money import NANO
-from nexus_grpc.ledger.base import next_month_start
+from nexus_grpc.domain.months import reset_text
 from nexus_grpc.pipeline.budget import request_views
 from nexus_grpc.pipeline.intent import Intent
 from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
@@ -106,9 +104,5 @@ class BudgetReconciler:
             f"{_usd(blocked.used_nano)} of {_usd(blocked.limit_nano)} USD in {blocked.month}; "
             f"this request's estimate is {_usd(cost)} USD",
             f"route to a restricted (local) backend, raise the {blocked.scope} limit of "
-            f"{_usd(blocked.limit_nano)} USD, or wait for the month to reset at {_reset(snap.wall)}",
+            f"{_usd(blocked.limit_nano)} USD, or wait for the month to reset at {reset_text(snap.wall)}",
         )
-
-
-def _reset(wall: float) -> str:
-    return datetime.fromtimestamp(next_month_start(wall), tz=UTC).strftime("%Y-%m-%d 00:00 UTC")
