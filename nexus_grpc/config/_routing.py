@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from nexus_grpc.config._reader import Context, Table, type_name
-from nexus_grpc.config.glob import GlobError, compile_glob
+from nexus_grpc.config.glob import Glob, GlobError
 from nexus_grpc.config.schema import (
     HARD_LIMIT_ACTIONS,
     STRATEGIES,
@@ -17,7 +15,6 @@ from nexus_grpc.config.schema import (
 from nexus_grpc.domain.enums import PrivacyZone
 from nexus_grpc.domain.money import Price, PriceError, per_1k_to_nano_per_token, usd_to_nano
 
-_NEVER = re.compile(r"(?!)")  # stands in for a glob that failed to compile (phase 3 reports it)
 _POLICY_PRIVACY = {"restricted": PrivacyZone.RESTRICTED, "unrestricted": PrivacyZone.OPEN}
 
 
@@ -101,15 +98,15 @@ def _policy(t: Table, ctx: Context) -> Policy:
     max_cost = t.number("max_cost_per_request", -1.0, 0.0)
     fallback_allowed = t.boolean("fallback_allowed", True)
     t.finish()
-    regex = _NEVER
+    glob = Glob.never(pattern)  # stands in for a missing or broken pattern (reported)
     if pattern:
         try:
-            regex = compile_glob(pattern)
-        except GlobError as exc:
+            glob = Glob(pattern)
+        except GlobError as exc:  # a phase-3 problem: reported only when phase 2 found none
             ctx.deferred.add(t.at("model_pattern"), str(exc))
     return Policy(
         model_pattern=pattern,
-        regex=regex,
+        glob=glob,
         privacy=_POLICY_PRIVACY[privacy],
         min_tier=min_tier,
         max_cost_nano=usd_to_nano(max_cost) if max_cost >= 0 else None,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nexus_grpc.config.glob import Glob
 from nexus_grpc.domain.backend import BackendConfig
 from nexus_grpc.domain.enums import PrivacyZone
 from nexus_grpc.domain.money import Price
@@ -47,7 +47,7 @@ class Weights:
 @dataclass(frozen=True, slots=True)
 class Policy:
     model_pattern: str
-    regex: re.Pattern[str]
+    glob: Glob  # compiled from model_pattern
     privacy: PrivacyZone = PrivacyZone.OPEN  # OPEN = "unrestricted"
     min_tier: int = 0
     max_cost_nano: int | None = None

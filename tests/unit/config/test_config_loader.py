@@ -81,7 +81,7 @@ def test_budget_and_policy_defaults() -> None:
     assert budget.tenants == {}
     (policy,) = c.routing.policies
     assert policy.model_pattern == "x*"
-    assert policy.regex.fullmatch("xyz")
+    assert policy.glob.matches("xyz")
     assert policy.privacy == PrivacyZone.OPEN
     assert policy.min_tier == 0
     assert policy.max_cost_nano is None
