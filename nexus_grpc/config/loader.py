@@ -1,8 +1,9 @@
-"""The strict, phased configuration loader (SPEC §3).
+"""The strict, phased configuration loader (docs/configuration.md).
 
 Phase 1 parses the TOML; phase 2 checks every key's type and range (unknown keys included);
-phase 3 checks references between sections. Each phase reports every problem it finds, each
-naming the file, the key path and the problem; the next phase runs only when this one found none.
+phase 3 checks references between sections and the files `serve` will open. Each phase reports
+every problem it finds, each naming the file, the key path and the problem; the next phase runs
+only when this one found none. Whatever the input, the loader raises nothing but `ConfigError`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from nexus_grpc.config.errors import ConfigError, ConfigIssue
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.money import BUILTIN_PRICES
 
-__all__ = ["ConfigError", "ConfigIssue", "check_config", "load_config", "load_config_text"]
+__all__ = ["ConfigError", "ConfigIssue", "check_config", "keys_read", "load_config", "load_config_text"]
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _SECTIONS = (
@@ -65,6 +66,15 @@ def check_config(path: str | Path) -> tuple[Config | None, list[str], list[str]]
     return config, [], list(config.warnings)
 
 
+def keys_read(text: str) -> frozenset[str]:
+    """The schema keys phase 2 reads for this TOML document, present or not, without indices
+    and with `*` for user-chosen keys: `server.tls.cert`, `backends.models.id`,
+    `pricing.*.input_per_1k`, `routing.aliases.*`. A table absent from the document is not read."""
+    ctx = Context(issues=Issues("<keys>"), deferred=Issues("<keys>"), base_dir=None)
+    _build(Table(_parse(text, "<keys>"), "", "", ctx.issues), ctx, "<keys>", b"")
+    return frozenset(ctx.issues.asked)
+
+
 def _load(text: str, data: bytes, source: str, base_dir: Path | None) -> Config:
     document = _parse(text, source)
     ctx = Context(issues=Issues(source), deferred=Issues(source), base_dir=base_dir)
@@ -86,6 +96,11 @@ def _parse(text: str, source: str) -> dict[str, object]:
         where = f"line {position[1]}, column {position[2]}" if position else "(syntax)"
         problem = _TOML_POSITION.sub("", message) if position else message
         raise ConfigError([ConfigIssue(source, where, f"TOML syntax error: {problem}")]) from exc
+    except RecursionError:
+        problem = "TOML syntax error: arrays or inline tables nested too deeply"
+        raise ConfigError([ConfigIssue(source, "(syntax)", problem)]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError([ConfigIssue(source, "(syntax)", f"TOML value error: {exc}")]) from None
 
 
 def _build(root: Table, ctx: Context, source: str, data: bytes) -> Config:

@@ -15,6 +15,9 @@ STRATEGIES = ("smart", "round_robin", "priority_only", "random")
 HARD_LIMIT_ACTIONS = ("warn", "block_cloud", "block_all")
 LEDGER_KINDS = ("memory", "sqlite", "redis")
 EXPOSE_REASONS = ("full", "summary")
+# [limits] max_charge_usd: the most one outcome report may charge, USD.
+MIN_CHARGE_USD = 0.000001
+MAX_CHARGE_USD = 1_000_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +32,8 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     admin_token_env: str = "NEXUS_ADMIN_TOKEN"
     client_token_env: str = ""
-    max_concurrent_rpcs: int = 1024
+    max_concurrent_rpcs: int = 1024  # unary RPCs
+    max_concurrent_streams: int = 1024  # long-lived streams: Envoy ext_proc, Queue holds
     drain_seconds: float = 5.0
     grace_seconds: float = 10.0
     watch_config: bool = False
@@ -72,6 +76,7 @@ class RoutingConfig:
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     policies: tuple[Policy, ...] = ()
     budget: BudgetConfig | None = None
+    allow_empty_fleet: bool = False  # only then may a reload leave no backend at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,7 @@ class LimitsConfig:
     max_label_key_len: int = 64
     max_label_value_len: int = 256
     max_tokens: int = 10_000_000
+    max_charge_usd: float = 1000.0  # the most one outcome report may charge
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +158,7 @@ class Config:
     warnings: tuple[str, ...] = ()
 
     def price_for(self, backend: BackendConfig, model: str) -> Price:
-        """SPEC §5.2: backend pricing, else 0 on restricted, else model table, else default, else 0."""
+        """Backend pricing, else 0 on restricted, else the model table, else the default, else 0."""
         if backend.pricing is not None:
             return backend.pricing
         if backend.zone == PrivacyZone.RESTRICTED:
