@@ -199,6 +199,7 @@ def pricing(t: Table | None, ctx: Context) -> tuple[dict[str, Price], Price | No
     default: Price | None = None
     if t is None:
         return table, None
+    t.issues.asked.add(t.schema_of("default"))
     for model, value, quoted_path in t.entries():
         is_default = model == "default"
         path = t.at(model) if is_default else quoted_path
