@@ -216,12 +216,19 @@ class Table:
             return default
         return lowered
 
-    def path_value(self, key: str, default: Path, base_dir: Path | None) -> Path:
-        """A file path: printable text (spaces allowed), relative to the config file's directory."""
-        text = self.string(key, "", non_empty=True)
-        if text and not self.check(key, text, text_rule(MAX_PATH_BYTES)):
-            text = ""
-        return resolve_path(text, base_dir) if text else resolve_path(str(default), base_dir)
+    def path_value(
+        self, key: str, base_dir: Path | None, *, required: bool = False, non_empty: bool = False
+    ) -> Path | None:
+        """A file path: printable text (spaces allowed), `~` expanded, relative to the config
+        file's directory; None when absent, "" or refused (reported)."""
+        text = self.string(key, "", required=required, non_empty=non_empty)
+        if not text or not self.check(key, text, text_rule(MAX_PATH_BYTES)):
+            return None
+        try:
+            return resolve_path(text, base_dir)
+        except RuntimeError as exc:  # `~user` of no such user, or no home directory
+            self.error(key, f"{shown(text)}: cannot expand '~' ({exc})")
+            return None
 
     # ---- containers ----------------------------------------------------------------------
 

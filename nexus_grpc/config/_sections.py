@@ -3,8 +3,10 @@ telemetry, limits. Each builder reads one table (None when absent) and returns i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nexus_grpc.config import _reader
-from nexus_grpc.config._reader import MAX_PATH_BYTES, Context, Table, resolve_path, shown, text_rule
+from nexus_grpc.config._reader import Context, Table, resolve_path, shown, text_rule
 from nexus_grpc.config.schema import (
     EXPOSE_REASONS,
     LEDGER_KINDS,
@@ -77,20 +79,11 @@ def server(t: Table | None, ctx: Context) -> ServerConfig:
 
 
 def _tls(t: Table, ctx: Context) -> TlsConfig:
-    cert = _file(t, "cert", required=True)
-    key = _file(t, "key", required=True)
-    client_ca = _file(t, "client_ca")
+    cert = t.path_value("cert", ctx.base_dir, required=True)
+    key = t.path_value("key", ctx.base_dir, required=True)
+    client_ca = t.path_value("client_ca", ctx.base_dir)
     t.finish()
-    return TlsConfig(
-        cert=resolve_path(cert, ctx.base_dir),
-        key=resolve_path(key, ctx.base_dir),
-        client_ca=resolve_path(client_ca, ctx.base_dir) if client_ca else None,
-    )
-
-
-def _file(t: Table, key: str, *, required: bool = False) -> str:
-    value = t.string(key, "", required=required)
-    return value if value and t.check(key, value, text_rule(MAX_PATH_BYTES)) else ""
+    return TlsConfig(cert=cert or Path(), key=key or Path(), client_ca=client_ca)
 
 
 def ledger(t: Table | None, ctx: Context) -> LedgerConfig:
@@ -100,7 +93,7 @@ def ledger(t: Table | None, ctx: Context) -> LedgerConfig:
     if t is None:
         return LedgerConfig(kind=default_kind, path=resolve_path(str(d.path), ctx.base_dir))
     kind = t.choice("kind", default_kind, LEDGER_KINDS)
-    path = t.path_value("path", d.path, ctx.base_dir)
+    path = t.path_value("path", ctx.base_dir, non_empty=True) or resolve_path(str(d.path), ctx.base_dir)
     url = t.string("url", d.url, non_empty=True)
     if not t.check("url", url, lambda value, field: validate.service_url(value, field, _REDIS_SCHEMES)):
         url = d.url
@@ -174,10 +167,8 @@ def telemetry(t: Table | None, ctx: Context) -> TelemetryConfig:
         return d
     decision_log = t.string("decision_log", d.decision_log)
     if decision_log not in ("", "-"):
-        if t.check("decision_log", decision_log, text_rule(MAX_PATH_BYTES)):
-            decision_log = str(resolve_path(decision_log, ctx.base_dir))
-        else:
-            decision_log = d.decision_log
+        log_path = t.path_value("decision_log", ctx.base_dir)
+        decision_log = str(log_path) if log_path is not None else d.decision_log
     otlp_endpoint = t.string("otlp_endpoint", d.otlp_endpoint)
     if otlp_endpoint and not t.check("otlp_endpoint", otlp_endpoint, text_rule(2048, allow_space=False)):
         otlp_endpoint = d.otlp_endpoint

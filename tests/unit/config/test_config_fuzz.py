@@ -75,6 +75,8 @@ TRICKY_STRINGS = [
     "server.pem",
     "server.key",
     "garbage.pem",
+    "~nosuchuser/x",
+    "~/x",
 ]
 SCALAR_KINDS: list[st.SearchStrategy[Any]] = [
     st.integers(),

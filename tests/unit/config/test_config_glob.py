@@ -167,7 +167,7 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize(("pattern", "name"), HOSTILE)
+@pytest.mark.parametrize(("pattern", "name"), HOSTILE, ids=[f"hostile-{i}" for i in range(len(HOSTILE))])
 def test_hostile_input_costs_at_most_pattern_times_name(pattern: str, name: str) -> None:
     glob = Glob(pattern)
     matched, steps = glob.trace(name)

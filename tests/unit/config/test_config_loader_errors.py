@@ -721,6 +721,16 @@ ERRORS: dict[str, tuple[str, str, str | tuple[str, ...]]] = {
     ),
     "tls path control char": ('[server.tls]\ncert = "a\\u0007"\nkey = "k"', "server.tls.cert", "U+0007"),
     # ---- rule: the ledger file and the decision log can be written ----
+    "ledger path of no such user": (
+        '[ledger]\npath = "~nosuchuser/l.db"',
+        "ledger.path",
+        "cannot expand '~'",
+    ),
+    "tls path of no such user": (
+        '[server.tls]\ncert = "~nosuchuser/c.pem"\nkey = "server.key"',
+        "server.tls.cert",
+        "cannot expand '~'",
+    ),
     "ledger path is a directory": ('[ledger]\npath = "adir"', "ledger.path", "is a directory"),
     "ledger path not sqlite": ('[ledger]\npath = "notsqlite.db"', "ledger.path", "is not a sqlite database"),
     "ledger path below a file": (
