@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import stat
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from nexus_grpc.domain.money import BUILTIN_PRICES
 __all__ = ["ConfigError", "ConfigIssue", "check_config", "keys_read", "load_config", "load_config_text"]
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a configuration file larger than this is refused unread
 _SECTIONS = (
     "server",
     "routing",
@@ -41,15 +43,36 @@ _SECTIONS = (
 def load_config(path: str | Path) -> Config:
     """Load and validate a config file; relative paths in it are relative to its directory."""
     source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(source, "(file)", f"cannot read: {exc.strerror or exc}")]) from exc
+    data = _read(Path(path), source)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigIssue(source, "(file)", f"not UTF-8 text: {exc}")]) from exc
     return _load(text, data, source, Path(path).absolute().parent)
+
+
+def _read(path: Path, source: str) -> bytes:
+    """The file's bytes: a regular file (never a FIFO or device, which could block or never
+    end) of at most MAX_FILE_BYTES."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            problem = (
+                "cannot read: a directory"
+                if stat.S_ISDIR(info.st_mode)
+                else "cannot read: not a regular file"
+            )
+        elif info.st_size > MAX_FILE_BYTES:
+            problem = f"cannot read: {info.st_size} bytes; at most {MAX_FILE_BYTES} allowed"
+        else:
+            with path.open("rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
+            if len(data) <= MAX_FILE_BYTES:
+                return data
+            problem = f"cannot read: more than {MAX_FILE_BYTES} bytes"
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        problem = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+    raise ConfigError([ConfigIssue(source, "(file)", problem)])
 
 
 def load_config_text(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,29 @@ def _huge_integer(tmp_path: Path) -> Path:
     return path
 
 
+def _fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "nexus.toml"
+    os.mkfifo(path)  # reading it would block until a writer came
+    return path
+
+
+def _device(tmp_path: Path) -> Path:
+    return Path("/dev/zero")  # reading it would never end
+
+
+def _too_large(tmp_path: Path) -> Path:
+    path = tmp_path / "nexus.toml"
+    with path.open("wb") as file:
+        file.truncate(64 * 1024 * 1024 + 1)  # sparse: takes no space
+    return path
+
+
 BAD_FILES = {
     "missing": (_missing, "cannot read"),
-    "a directory": (_directory, "cannot read"),
+    "a directory": (_directory, "cannot read: a directory"),
+    "a FIFO": (_fifo, "cannot read: not a regular file"),
+    "a device": (_device, "cannot read: not a regular file"),
+    "larger than 64 MiB": (_too_large, "at most 67108864 allowed"),
     "below a regular file": (_below_a_file, "cannot read"),
     "binary": (_binary, "not UTF-8"),
     "NUL bytes": (_nul_bytes, "TOML syntax error"),
