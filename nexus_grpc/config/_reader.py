@@ -21,8 +21,9 @@ from nexus_grpc.domain.money import NANO, usd_to_nano
 from nexus_grpc.errors import FieldError
 
 # Keys ("section.key", array indices dropped: "backends.models.vision") and enum values
-# ("ledger.kind=redis") this build refuses with "not supported yet". Everything in SPEC §3 is
-# supported today; a build that lacks a feature lists it here instead of ignoring it.
+# ("ledger.kind=redis") this build refuses with "not supported yet". Every key of
+# docs/configuration.md is supported today; a build that lacks a feature lists it here instead of
+# ignoring it.
 UNSUPPORTED: frozenset[str] = frozenset()
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
