@@ -41,7 +41,7 @@ def cross_references(config: Config, ctx: Context) -> None:
     _aliases(config, issues)
     _fallbacks(config, issues)
     _budget(config, ctx)
-    _names(config, issues)
+    _names(config, ctx)
     _prices(config, issues)
     _not_supported_yet(config, issues)
     if config.ledger.kind == "memory" and config.server.workers > 1:
@@ -170,8 +170,9 @@ def _budget(config: Config, ctx: Context) -> None:
                 )
 
 
-def _names(config: Config, issues: Issues) -> None:
-    """Model names in routing and pricing longer than limits.max_model_len could never be asked for."""
+def _names(config: Config, ctx: Context) -> None:
+    """Model names in routing and the file's prices longer than limits.max_model_len could never
+    be asked for (the built-in price table is not held to it)."""
     limit = config.limits.max_model_len
     routing = config.routing
     named: list[tuple[str, str]] = []
@@ -182,10 +183,10 @@ def _names(config: Config, issues: Issues) -> None:
         path = f"routing.fallbacks.{quote_key(key)}"
         named.append((path, key))
         named += [(f"{path}[{index}]", model) for index, model in enumerate(models)]
-    named += [(f"pricing.{quote_key(model)}", model) for model in config.pricing]
+    named += [(f"pricing.{quote_key(model)}", model) for model in ctx.priced_models]
     for path, name in named:
         if len(name.encode()) > limit:
-            issues.add(path, f"{shown(name)} is longer than limits.max_model_len ({limit} bytes)")
+            ctx.issues.add(path, f"{shown(name)} is longer than limits.max_model_len ({limit} bytes)")
 
 
 def _prices(config: Config, issues: Issues) -> None:

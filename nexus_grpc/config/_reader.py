@@ -339,3 +339,4 @@ class Context:
     base_dir: Path | None
     bad_price_backends: set[int] = field(default_factory=set)
     bad_price_models: set[str] = field(default_factory=set)
+    priced_models: list[str] = field(default_factory=list)  # the file's [pricing."MODEL"] keys

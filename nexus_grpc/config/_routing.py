@@ -216,4 +216,5 @@ def pricing(t: Table | None, ctx: Context) -> tuple[dict[str, Price], Price | No
             default = entry
         else:
             table[model] = entry
+    ctx.priced_models = list(table)
     return table, default

@@ -488,6 +488,7 @@ ACCEPTED = {
     ),
     "one nano-USD": '[routing.budget]\nmonthly_limit_usd = 0.000000001\n[routing.budget.tenants]\n"t" = 1e-9',
     "zero is no limit": '[routing.budget]\nmonthly_limit_usd = 0\n[routing.budget.tenants]\n"t" = 0',
+    "built-in prices are not held to max_model_len": "[limits]\nmax_model_len = 16",
     "cost cap 0 means free only": '[[routing.policies]]\nmodel_pattern = "x"\nmax_cost_per_request = 0',
     "cost cap at the top": '[[routing.policies]]\nmodel_pattern = "x"\nmax_cost_per_request = 1000000',
     "price at the top with few tokens": (

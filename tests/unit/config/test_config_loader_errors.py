@@ -855,6 +855,11 @@ ERRORS: dict[str, tuple[str, str, str | tuple[str, ...]]] = {
         'routing.fallbacks."m"[0]',
         "longer than limits.max_model_len",
     ),
+    "price key longer than max_model_len": (
+        '[limits]\nmax_model_len = 8\n[pricing."a-long-model"]\ninput_per_1k = 1\noutput_per_1k = 1',
+        'pricing."a-long-model"',
+        "longer than limits.max_model_len (8 bytes)",
+    ),
     "model longer than max_model_len": (
         GPU.replace("llama3:70b", "m" * 257),
         "backends[0].models[0].id",
