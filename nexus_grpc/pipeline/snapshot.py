@@ -85,7 +85,7 @@ def combine_policies(config: Config, chain: tuple[str, ...]) -> EffectivePolicy:
     fallback_allowed = True
     patterns: list[str] = []
     for policy in config.routing.policies:
-        if not any(policy.regex.fullmatch(name) for name in chain):
+        if not any(policy.glob.matches(name) for name in chain):
             continue
         patterns.append(policy.model_pattern)
         restricted = restricted or policy.privacy == PrivacyZone.RESTRICTED

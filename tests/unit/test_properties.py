@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nexus_grpc.config.glob import compile_glob
+from nexus_grpc.config.glob import Glob
 from nexus_grpc.config.schema import Config, QueueConfig
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec
 from nexus_grpc.domain.decision import Decision, Route
@@ -166,7 +166,7 @@ def restricted_by_policy(cfg: Config, eng: DecisionEngine, req: DecisionRequest)
     """The effective privacy of a request, computed independently of the stages."""
     chain = eng.registry.fleet.chain(req.model)
     by_policy = any(
-        p.privacy == PrivacyZone.RESTRICTED and any(compile_glob(p.model_pattern).fullmatch(n) for n in chain)
+        p.privacy == PrivacyZone.RESTRICTED and any(Glob(p.model_pattern).matches(n) for n in chain)
         for p in cfg.routing.policies
     )
     return by_policy or req.privacy == PrivacyZone.RESTRICTED
