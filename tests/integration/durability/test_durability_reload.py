@@ -1,4 +1,4 @@
-"""Hot reload (SPEC §3): SIGHUP and AdminService.ReloadConfig under concurrent Decide load with
+"""Hot reload: SIGHUP and AdminService.ReloadConfig under concurrent Decide load with
 zero failed RPCs, a bad file that changes nothing and is counted, and `watch_config` picking up
 a file change. GetServerInfo.config_version always names the active file; health stays SERVING."""
 

@@ -1,4 +1,4 @@
-"""Defaults, normalization, paths, warnings, version and check_config (SPEC §3)."""
+"""Defaults, normalization, paths, warnings, version and check_config."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every configuration error of SPEC §3 names the file, the key path and the problem."""
+"""Every configuration error names the file, the key path and the problem."""
 
 from __future__ import annotations
 
