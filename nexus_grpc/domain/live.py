@@ -63,6 +63,13 @@ class OutcomeStats:
         avg = self.ttft_sum / self.ttft_n if self.ttft_n else 0.0
         return self.count, self.failures, avg
 
+    def next_expiry(self) -> float | None:
+        """When the oldest bucket leaves the window (the counts and the TTFT average change
+        then without any new outcome); None when the window is empty."""
+        if not self._buckets:
+            return None
+        return (self._buckets[0][0] + STAT_BUCKETS) * self._width
+
     def reset(self) -> None:
         self._buckets.clear()
         self.count = self.failures = self.ttft_n = 0

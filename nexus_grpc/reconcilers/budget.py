@@ -45,8 +45,9 @@ class BudgetCheck:
         return not self.limiting and self.cap is None
 
 
-def budget_check(intent: Intent, snap: Snapshot) -> BudgetCheck:
-    views, applied = request_views(snap, intent.request.tenant)
+def budget_check(snap: Snapshot, tenant: str, cap: int | None) -> BudgetCheck:
+    """`cap`: the effective policy's max_cost_per_request (nano-USD), if any."""
+    views, applied = request_views(snap, tenant)
     budget = snap.fleet.config.routing.budget
     action = budget.hard_limit_action if budget is not None else "warn"
     limiting = (
@@ -56,7 +57,7 @@ def budget_check(intent: Intent, snap: Snapshot) -> BudgetCheck:
     )
     hard = any(v.status == BudgetStatus.HARD_LIMIT for v in limiting)
     headroom = min((v.limit_nano - v.used_nano for v in limiting), default=0)
-    return BudgetCheck(views, applied, action, intent.policy.max_cost_nano, limiting, hard, headroom)
+    return BudgetCheck(views, applied, action, cap, limiting, hard, headroom)
 
 
 def budget_code(check: BudgetCheck, zone: PrivacyZone, cost: int) -> ExclusionCode | None:
@@ -107,7 +108,7 @@ class BudgetReconciler:
     fail_open = True  # a ledger fault must not stop routing (budget fails open)
 
     def reconcile(self, intent: Intent, snap: Snapshot) -> None:
-        check = budget_check(intent, snap)
+        check = budget_check(snap, intent.request.tenant, intent.policy.max_cost_nano)
         intent.budget = check.applied
         intent.notes["budget_status"] = _STATUS_NOTE[check.applied.status]
         if check.action == "warn" and check.applied.status == BudgetStatus.HARD_LIMIT:
