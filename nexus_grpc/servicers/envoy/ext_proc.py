@@ -46,6 +46,9 @@ OVERWRITE: int = base_pb2.HeaderValueOption.HeaderAppendAction.Value("OVERWRITE_
 BUFFERED: int = processing_mode_pb2.ProcessingMode.BodySendMode.Value("BUFFERED")
 NO_BODY: int = processing_mode_pb2.ProcessingMode.BodySendMode.Value("NONE")
 HOLD_MARGIN_S = 2.0  # the overridden message timeout outlasts the hold by this much
+# The largest response body read for its `usage`: Envoy's default buffer limit (1 MiB), which
+# every listener the body passes allows at least, unless an operator lowered it.
+USAGE_BODY_MAX = 1024 * 1024
 
 Send = Callable[[Any], Awaitable[None]]
 
@@ -78,6 +81,12 @@ def immediate(reply: responses.Reply) -> Any:
             details=reply.details,
         )
     )
+
+
+def _small(content_length: str | None) -> bool:
+    """A response body of a known length that fits into USAGE_BODY_MAX (chunked: unknown)."""
+    value = (content_length or "").strip()
+    return value.isascii() and value.isdigit() and len(value) < 12 and int(value) <= USAGE_BODY_MAX
 
 
 class Exchange:
@@ -234,6 +243,13 @@ class Exchange:
             and not msg.end_of_stream
             and headers.get("content-type", "").split(";", 1)[0].strip().lower() == "application/json"
         )
+        if wants_usage and not _small(headers.get("content-length")):
+            # a response body switched to BUFFERED here that is larger than Envoy's buffer makes
+            # Envoy 1.40 hang (the client waits until the stream idle timeout) or answer 503
+            # instead of the backend's response: read only bodies known to fit in Envoy's default
+            # buffer; the others pass through untouched and are charged by the estimate
+            self.stats.responses_not_read += 1
+            wants_usage = False
         if wants_usage:
             mode = processing_mode_pb2.ProcessingMode(response_body_mode=BUFFERED)
             return pb.ProcessingResponse(

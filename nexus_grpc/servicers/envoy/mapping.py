@@ -72,6 +72,7 @@ class EnvoyStats:
     bodies_read: int = 0
     bodies_ignored: int = 0
     bodies_rewritten: int = 0
+    responses_not_read: int = 0  # read_response_usage skipped: chunked, or above USAGE_BODY_MAX
     holds: int = 0
     holds_timed_out: int = 0
     outcomes_reported: int = 0

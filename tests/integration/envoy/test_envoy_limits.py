@@ -1,5 +1,6 @@
-"""Careless and hostile HTTP clients against the real Envoy on the shipped configs: slow or stalled
-requests end with 408, oversized bodies with 413, never a hang. Timeouts are shortened from the
+"""Careless and hostile HTTP clients (and big backend answers) against the real Envoy on the
+shipped configs: slow or stalled requests end with 408, oversized bodies with 413, a response too
+big to read for its usage passes through; never a hang. Timeouts are shortened from the
 shipped values (the tests name each one they change) so that a case takes seconds."""
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ import json
 import pytest
 from envoy_stack import StackFactory, raw_request
 
+from nexus_grpc.testing.upstream import Answer
+
 pytestmark = pytest.mark.envoy
 
 CONFIGS = ("ext_proc", "ext_authz")
 SHIPPED_REQUEST_TIMEOUT = {"ext_proc": "request_timeout: 90s", "ext_authz": "request_timeout: 60s"}
 BUFFER_LIMIT = 3 * 1024 * 1024  # per_connection_buffer_limit_bytes in both shipped configs
+GPT35_1000 = 0.00125  # gpt-3.5-turbo estimate: 1000 input tokens, 500 output
 
 
 def _head(content_type: str | None, length: int | None, **headers: str) -> bytes:
@@ -116,3 +120,29 @@ def test_headers_with_underscores_never_reach_a_backend(make_stack: StackFactory
     assert resp.status == 200 and resp.json()["served_by"] == "gpu-1"
     got = stack.upstreams["gpu-1"].received[0].headers
     assert not any("_" in name for name in got)
+
+
+def test_a_large_or_chunked_response_is_passed_through_not_read_for_usage(make_stack: StackFactory) -> None:
+    # Asking Envoy to buffer a response body larger than its buffer made the client wait for ever:
+    # only responses with a content-length within USAGE_BODY_MAX are read for their `usage`.
+    stack = make_stack("ext_proc", read_response_usage=True)
+    nx = stack.nx
+    cloud = stack.upstreams["openai"]
+    usage = {"prompt_tokens": 2000, "completion_tokens": 100}  # 0.00115 USD; the estimate is 0.00125
+    headers = {"x-nexus-model": "gpt-3.5-turbo", "x-nexus-estimated-tokens": "1000"}
+    cases = [
+        (Answer(usage=usage, extra={"pad": "x" * 1000}), 0.00115),  # small: read, charged by usage
+        (Answer(usage=usage, extra={"pad": "x" * 5_000_000}), GPT35_1000),  # above the buffer
+        (Answer(usage=usage, extra={"pad": "x" * 2_000_000}), GPT35_1000),  # above USAGE_BODY_MAX
+        (Answer(usage=usage, chunked=True, extra={"pad": "x" * 5_000_000}), GPT35_1000),
+        (Answer(usage=usage, chunked=True), GPT35_1000),  # chunked: its size is unknown
+    ]
+    for answer, charged in cases:
+        cloud.answer = answer
+        before = nx.spent()
+        resp = stack.http(headers=headers, body="{}")
+        assert resp.status == 200
+        assert resp.json()["usage"] == usage  # the whole body reached the client
+        assert nx.spent() - before == pytest.approx(charged, abs=1e-9), answer.extra.keys()
+        assert nx.in_flight()["openai"] == 0
+    assert nx.stats.responses_not_read == 4
