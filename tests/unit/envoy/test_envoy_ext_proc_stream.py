@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as auth_pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -258,3 +259,49 @@ def test_ext_authz_answers_a_ledger_that_cannot_store_the_charge_with_a_503() ->
         assert len(runtime.engine.flights) == 0  # the decision whose charge failed is not kept
 
     run(body, PRICED, auth_grpc.AuthorizationStub)
+
+
+def test_without_read_body_headers_decide_and_the_body_streams_unread() -> None:
+    # the shipped config buffers request bodies from the start; a Route at the headers turns that
+    # off for this request, so the body is never sent to nexus-grpc
+    async def body(runtime: Runtime, stub: Any) -> None:
+        call = stub.Process()
+        await call.write(headers_msg(end_of_stream=False, x_nexus_model="m", content_type="text/plain"))
+        routed = await call.read()
+        assert mutations(routed)["x-nexus-backend"] == "solo"
+        assert routed.HasField("mode_override")
+        assert routed.mode_override.request_body_mode == processing_mode_pb2.ProcessingMode.NONE
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+
+    run(body)
+
+
+def test_with_read_body_the_decision_waits_for_the_body_of_any_content_type() -> None:
+    async def body(runtime: Runtime, stub: Any) -> None:
+        for content_type, payload, status in [
+            ("application/json", b'{"model": "m"}', None),
+            ("text/plain", b"plain text", None),
+            ("text/plain", b'{"model": "other"}', 400),  # a JSON object naming another model
+        ]:
+            call = stub.Process()
+            await call.write(headers_msg(end_of_stream=False, x_nexus_model="m", content_type=content_type))
+            asked = await call.read()
+            assert not asked.request_headers.response.header_mutation.set_headers  # not decided yet
+            assert asked.mode_override.request_body_mode == processing_mode_pb2.ProcessingMode.BUFFERED
+            await call.write(pb.ProcessingRequest(request_body=pb.HttpBody(body=payload, end_of_stream=True)))
+            answer = await call.read()
+            if status is None:
+                common = answer.request_body.response
+                assert {h.header.key: h.header.raw_value for h in common.header_mutation.set_headers}[
+                    "x-nexus-backend"
+                ] == b"solo"
+                await call.write(response_headers_msg(200))
+                await call.read()
+            else:
+                assert answer.immediate_response.status.code == status
+            await call.done_writing()
+            assert await call.code() == grpc.StatusCode.OK
+        assert in_flight(runtime) == 0
+
+    run(body, CONFIG.replace("[queue]", "[envoy]\nread_body = true\n[queue]"))
