@@ -24,10 +24,11 @@ import os
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.enums import BackendStatus, PrivacyZone
 from nexus_grpc.domain.money import usd_to_nano
 from nexus_grpc.domain.request import DecisionRequest, Outcome
@@ -160,6 +161,13 @@ in_flight_ttl_seconds = {in_flight_ttl_seconds}
     return "".join(parts)
 
 
+def with_flight_ttl(config: Config, seconds: float) -> Config:
+    """`config` with in-flight entries expiring after `seconds`. The benches use a TTL far below
+    the loader's 1 s minimum (flights expire at once, so every sample starts from the same
+    state); no file could ask for it."""
+    return replace(config, queue=replace(config.queue, in_flight_ttl_seconds=seconds))
+
+
 def plain_toml(n: int) -> str:
     """The peer comparison's like-for-like fleet: `n` healthy open backends serving MODEL, smart
     strategy, no policy, no budget, no quality stats (what LiteLLM's Router knows about)."""
@@ -170,9 +178,6 @@ strategy = "smart"
 
 [ledger]
 kind = "memory"
-
-[queue]
-in_flight_ttl_seconds = 1e-06
 """
     ]
     parts.extend(_backend_toml(f"p{i}", False, 1, 50, 0, MODEL, True) for i in range(n))

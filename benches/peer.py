@@ -89,7 +89,7 @@ def nexus_call(engine: DecisionEngine, model: str) -> Call:
 
 
 async def nexus_plain() -> DecisionEngine:
-    config = load_config_text(_fleet.plain_toml(N_DEPLOYMENTS), "<bench-plain>")
+    config = _fleet.with_flight_ttl(load_config_text(_fleet.plain_toml(N_DEPLOYMENTS), "<bench-plain>"), 1e-6)
     return Runtime(config).engine
 
 

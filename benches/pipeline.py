@@ -61,7 +61,7 @@ GROUPS = (("10",), ("100", "100of10000"), ("1000",), ("10000",))
 
 async def build_engine(serving: int, other: int = 0) -> DecisionEngine:
     """The production composition (`Runtime`), the bench fleet, its live state seeded."""
-    config = load_config_text(_fleet.fleet_toml(serving, other, in_flight_ttl_seconds=TTL), "<bench>")
+    config = _fleet.with_flight_ttl(load_config_text(_fleet.fleet_toml(serving, other), "<bench>"), TTL)
     engine = Runtime(config).engine
     await _fleet.seed_engine(engine, _fleet.plan(serving))
     return engine

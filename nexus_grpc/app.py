@@ -32,8 +32,9 @@ from nexus_grpc.config.loader import load_config
 from nexus_grpc.config.schema import Config, TlsConfig
 from nexus_grpc.domain.enums import BackendStatus
 from nexus_grpc.domain.money import usd_to_nano
+from nexus_grpc.domain.months import month_of
 from nexus_grpc.engine import DecisionEngine
-from nexus_grpc.ledger.base import Ledger, month_of
+from nexus_grpc.ledger.base import Ledger
 from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.pipeline.budget import GLOBAL
 from nexus_grpc.pipeline.executor import Pipeline

@@ -42,4 +42,14 @@ class Overloaded(NexusError):
 
 class LedgerError(NexusError):
     """The budget ledger could not durably store a change (full disk, read-only or corrupt file,
-    an unexpected store error). The decision that needed it fails cleanly and nothing is held."""
+    an unexpected store error). The decision that needed it fails cleanly and nothing is held.
+
+    Its text names the store ("sqlite ledger /var/lib/nexus/ledger.db: disk is full") for the
+    server log; `for_caller` is what a caller is told, without server paths."""
+
+    def for_caller(self) -> str:
+        reason = str(self).rsplit(": ", 1)[-1]
+        return (
+            f"the budget ledger cannot store changes right now ({reason}); "
+            "retry shortly or on another replica"
+        )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from nexus_grpc.config._reader import Context, Issues, quote_key
+from nexus_grpc.config import _files
+from nexus_grpc.config._reader import Context, Issues, quote_key, shown
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.backend import BACKEND_TYPES
 from nexus_grpc.domain.enums import PrivacyZone
+from nexus_grpc.domain.money import NANO, Price
+from nexus_grpc.domain.validate import RESERVED_TENANTS
+from nexus_grpc.ledger.base import MAX_AMOUNT_NANO
 
 MAX_ALIAS_HOPS = 3
-GLOBAL_TENANT = "global"
 
 
 def served_models(config: Config) -> dict[str, list[str]]:
@@ -38,6 +41,8 @@ def cross_references(config: Config, ctx: Context) -> None:
     _aliases(config, issues)
     _fallbacks(config, issues)
     _budget(config, ctx)
+    _names(config, ctx)
+    _prices(config, issues)
     _not_supported_yet(config, issues)
     if config.ledger.kind == "memory" and config.server.workers > 1:
         issues.add(
@@ -45,11 +50,7 @@ def cross_references(config: Config, ctx: Context) -> None:
             f"the memory ledger cannot be shared by server.workers = {config.server.workers} "
             "processes; use sqlite or redis",
         )
-    tls = config.server.tls
-    if tls is not None:
-        for key, path in (("cert", tls.cert), ("key", tls.key), ("client_ca", tls.client_ca)):
-            if path is not None and not path.is_file():
-                issues.add(f"server.tls.{key}", f"file not found: {path}")
+    _files.check(config, issues)
 
 
 def _not_supported_yet(config: Config, issues: Issues) -> None:
@@ -150,7 +151,7 @@ def _budget(config: Config, ctx: Context) -> None:
         return
     for tenant in budget.tenants:
         path = f"routing.budget.tenants.{quote_key(tenant)}"
-        if tenant.lower() == GLOBAL_TENANT:
+        if tenant.lower() in RESERVED_TENANTS:
             ctx.issues.add(path, f"{tenant!r} is reserved for the global scope; rename the tenant")
         if len(tenant.encode()) > config.limits.max_id_len:
             ctx.issues.add(path, f"longer than limits.max_id_len ({config.limits.max_id_len} bytes)")
@@ -169,8 +170,47 @@ def _budget(config: Config, ctx: Context) -> None:
                 )
 
 
+def _names(config: Config, ctx: Context) -> None:
+    """Model names in routing and the file's prices longer than limits.max_model_len could never
+    be asked for (the built-in price table is not held to it)."""
+    limit = config.limits.max_model_len
+    routing = config.routing
+    named: list[tuple[str, str]] = []
+    for key, target in routing.aliases.items():
+        path = f"routing.aliases.{quote_key(key)}"
+        named += [(path, key), (path, target)]
+    for key, models in routing.fallbacks.items():
+        path = f"routing.fallbacks.{quote_key(key)}"
+        named.append((path, key))
+        named += [(f"{path}[{index}]", model) for index, model in enumerate(models)]
+    named += [(f"pricing.{quote_key(model)}", model) for model in ctx.priced_models]
+    for path, name in named:
+        if len(name.encode()) > limit:
+            ctx.issues.add(path, f"{shown(name)} is longer than limits.max_model_len ({limit} bytes)")
+
+
+def _prices(config: Config, issues: Issues) -> None:
+    """One decision at limits.max_tokens input and output tokens must fit one ledger entry."""
+    tokens = config.limits.max_tokens
+    priced: list[tuple[str, Price]] = [(f"pricing.{quote_key(m)}", p) for m, p in config.pricing.items()]
+    if config.default_price is not None:
+        priced.append(("pricing.default", config.default_price))
+    priced += [(f"backends[{i}].pricing", b.pricing) for i, b in enumerate(config.backends) if b.pricing]
+    for path, price in priced:
+        worst = (price.input_nano + price.output_nano) * tokens
+        if worst > MAX_AMOUNT_NANO:
+            issues.add(
+                path,
+                f"one decision of limits.max_tokens ({tokens}) input and output tokens would cost "
+                f"{worst / NANO:,.0f} USD, more than a ledger entry holds ({MAX_AMOUNT_NANO / NANO:,.0f} "
+                "USD); lower the price or limits.max_tokens",
+            )
+
+
 def warnings(config: Config, file: str) -> tuple[str, ...]:
     found = Issues(file)
+    if not config.backends:
+        found.add("backends", "no backends: every request will be rejected")
     budget = config.routing.budget
     if budget is not None and budget.hard_limit_action == "warn":
         limited = [

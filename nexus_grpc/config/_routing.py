@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
-from nexus_grpc.config._reader import Context, Table, type_name
-from nexus_grpc.config.glob import GlobError, compile_glob
+from nexus_grpc.config._reader import Context, Issues, Table, check, checked_money, type_name
+from nexus_grpc.config.glob import MAX_PATTERN_BYTES, Glob, GlobError
 from nexus_grpc.config.schema import (
     HARD_LIMIT_ACTIONS,
     STRATEGIES,
@@ -14,11 +12,32 @@ from nexus_grpc.config.schema import (
     RoutingConfig,
     Weights,
 )
+from nexus_grpc.domain import validate
 from nexus_grpc.domain.enums import PrivacyZone
-from nexus_grpc.domain.money import Price, PriceError, per_1k_to_nano_per_token, usd_to_nano
+from nexus_grpc.domain.money import NANO, Price, PriceError, per_1k_to_nano_per_token
 
-_NEVER = re.compile(r"(?!)")  # stands in for a glob that failed to compile (phase 3 reports it)
 _POLICY_PRIVACY = {"restricted": PrivacyZone.RESTRICTED, "unrestricted": PrivacyZone.OPEN}
+MAX_NAME_BYTES = 1024  # phase 2 bound of names; phase 3 holds them to limits.max_model_len / max_id_len
+MAX_PRICE_PER_1K = 1000.0  # USD per 1K tokens, input or output
+MAX_MONTHLY_USD = 1e9  # a monthly limit, global or per tenant
+MAX_COST_PER_REQUEST_USD = validate.MAX_COST_USD
+
+
+def _model_rule(value: str, field: str) -> object:
+    return validate.model_name(value, field, MAX_NAME_BYTES)
+
+
+def id_rule(value: str, field: str) -> object:
+    """Backend ids and tenant names: printable, no whitespace."""
+    return validate.identifier(value, field, MAX_NAME_BYTES)
+
+
+def check_model(issues: Issues, path: str, value: str, what: str) -> bool:
+    """A model name: not empty, printable, no whitespace (the problem names `what` it is)."""
+    if not value.strip():
+        issues.add(path, f"{what} must not be empty")
+        return False
+    return check(issues, path, value, _model_rule)
 
 
 def routing(t: Table | None, ctx: Context) -> RoutingConfig:
@@ -61,13 +80,11 @@ def _aliases(t: Table | None) -> dict[str, str]:
     if t is None:
         return aliases
     for key, value, path in t.entries():
-        if not key.strip():
-            t.issues.add(path, "an alias name must not be empty")
-        elif not isinstance(value, str):
+        if not check_model(t.issues, path, key, "an alias name"):
+            continue
+        if not isinstance(value, str):
             t.issues.add(path, f"expected a model name (string), got {type_name(value)}")
-        elif not value.strip():
-            t.issues.add(path, "the alias target must not be empty")
-        else:
+        elif check_model(t.issues, path, value, "the alias target"):
             aliases[key] = value
     return aliases
 
@@ -77,8 +94,7 @@ def _fallbacks(t: Table | None) -> dict[str, tuple[str, ...]]:
     if t is None:
         return fallbacks
     for key, value, path in t.entries():
-        if not key.strip():
-            t.issues.add(path, "a model name must not be empty")
+        if not check_model(t.issues, path, key, "a model name"):
             continue
         if not isinstance(value, list):
             t.issues.add(path, f"expected an array of model names, got {type_name(value)}")
@@ -87,9 +103,7 @@ def _fallbacks(t: Table | None) -> dict[str, tuple[str, ...]]:
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 t.issues.add(f"{path}[{index}]", f"expected a model name (string), got {type_name(item)}")
-            elif not item.strip():
-                t.issues.add(f"{path}[{index}]", "a model name must not be empty")
-            else:
+            elif check_model(t.issues, f"{path}[{index}]", item, "a model name"):
                 models.append(item)
         fallbacks[key] = tuple(models)
     return fallbacks
@@ -97,34 +111,40 @@ def _fallbacks(t: Table | None) -> dict[str, tuple[str, ...]]:
 
 def _policy(t: Table, ctx: Context) -> Policy:
     pattern = t.string("model_pattern", "", required=True)
+    if pattern and not t.check("model_pattern", pattern, _pattern_rule):
+        pattern = ""
     privacy = t.choice("privacy", "unrestricted", tuple(_POLICY_PRIVACY))
     min_tier = t.integer("min_tier", 0, 1, 5)
-    max_cost = t.number("max_cost_per_request", -1.0, 0.0)
+    max_cost = t.money("max_cost_per_request", -1, MAX_COST_PER_REQUEST_USD)
     fallback_allowed = t.boolean("fallback_allowed", True)
     t.finish()
-    regex = _NEVER
+    glob = Glob.never(pattern)  # stands in for a missing or broken pattern (reported)
     if pattern:
         try:
-            regex = compile_glob(pattern)
-        except GlobError as exc:
+            glob = Glob(pattern)
+        except GlobError as exc:  # a phase-3 problem: reported only when phase 2 found none
             ctx.deferred.add(t.at("model_pattern"), str(exc))
     return Policy(
         model_pattern=pattern,
-        regex=regex,
+        glob=glob,
         privacy=_POLICY_PRIVACY[privacy],
         min_tier=min_tier,
-        max_cost_nano=usd_to_nano(max_cost) if max_cost >= 0 else None,
+        max_cost_nano=max_cost if max_cost >= 0 else None,
         fallback_allowed=fallback_allowed,
     )
+
+
+def _pattern_rule(value: str, field: str) -> object:
+    return validate.model_name(value, field, MAX_PATTERN_BYTES)
 
 
 def _budget(t: Table | None) -> BudgetConfig | None:
     if t is None:
         return None
-    limit = t.number("monthly_limit_usd", 100.0, 0.0)
+    limit = t.money("monthly_limit_usd", 100 * NANO, MAX_MONTHLY_USD)
     soft = t.number("soft_limit_percent", 75.0, 0.0, 100.0)
     action = t.choice("hard_limit_action", "warn", HARD_LIMIT_ACTIONS)
-    interval = t.duration("reconciliation_interval_secs", 60.0)
+    interval = t.duration("reconciliation_interval_secs", 60.0, 86400.0)
     require_tenant = t.boolean("require_tenant", False)
     tenants: dict[str, int] = {}
     tenant_table = t.table("tenants")
@@ -132,15 +152,18 @@ def _budget(t: Table | None) -> BudgetConfig | None:
         for name, value, path in tenant_table.entries():
             if not name.strip():
                 t.issues.add(path, "a tenant name must not be empty")
-            elif isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not check(t.issues, path, name, id_rule):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 t.issues.add(path, f"expected a monthly limit in USD (number), got {type_name(value)}")
-            elif not 0 <= value < float("inf"):
-                t.issues.add(path, f"{value} is out of range (must be a finite number, at least 0)")
-            else:
-                tenants[name] = usd_to_nano(float(value))
+                continue
+            nano = checked_money(t.issues, path, value, MAX_MONTHLY_USD)
+            if nano is not None:
+                tenants[name] = nano
     t.finish()
     return BudgetConfig(
-        monthly_limit_nano=usd_to_nano(limit),
+        monthly_limit_nano=limit,
         soft_limit_percent=soft,
         hard_limit_action=action,
         reconciliation_interval_secs=interval,
@@ -153,7 +176,7 @@ def price(t: Table, ctx: Context) -> Price | None:
     """`input_per_1k` and `output_per_1k`, both required (checked in phase 3), exact in nano-USD."""
     keys = ("input_per_1k", "output_per_1k")
     present = [key for key in keys if t.has(key)]
-    values = {key: t.number(key, 0.0, 0.0) for key in keys}
+    values = {key: t.number(key, 0.0, 0.0, MAX_PRICE_PER_1K) for key in keys}
     t.finish()
     if len(present) != len(keys):
         missing = " and ".join(key for key in keys if key not in present)
@@ -176,9 +199,12 @@ def pricing(t: Table | None, ctx: Context) -> tuple[dict[str, Price], Price | No
     default: Price | None = None
     if t is None:
         return table, None
+    t.issues.asked.add(t.schema_of("default"))
     for model, value, quoted_path in t.entries():
         is_default = model == "default"
         path = t.at(model) if is_default else quoted_path
+        if not is_default and not check_model(t.issues, path, model, "a model name"):
+            continue
         if not isinstance(value, dict):
             t.issues.add(path, f"expected a table, got {type_name(value)}")
             continue
@@ -190,4 +216,5 @@ def pricing(t: Table | None, ctx: Context) -> tuple[dict[str, Price], Price | No
             default = entry
         else:
             table[model] = entry
+    ctx.priced_models = list(table)
     return table, default

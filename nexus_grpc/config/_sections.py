@@ -3,13 +3,15 @@ telemetry, limits. Each builder reads one table (None when absent) and returns i
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from pathlib import Path
 
 from nexus_grpc.config import _reader
-from nexus_grpc.config._reader import Context, Table, resolve_path
+from nexus_grpc.config._reader import Context, Table, resolve_path, shown, text_rule
 from nexus_grpc.config.schema import (
     EXPOSE_REASONS,
     LEDGER_KINDS,
+    MAX_CHARGE_USD,
+    MIN_CHARGE_USD,
     EnvoyConfig,
     HealthCheckConfig,
     LedgerConfig,
@@ -20,21 +22,39 @@ from nexus_grpc.config.schema import (
     TelemetryConfig,
     TlsConfig,
 )
+from nexus_grpc.domain import validate
 
-_INT32_MAX = 2**31 - 1
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
+# Ranges shared by several keys (the reference documents each key's range).
+MAX_RPCS = 65536
+MAX_PROCESS_SECONDS = 3600.0  # drain, grace, health probe timeout: an hour
+MAX_DAY_SECONDS = 86400.0
+MAX_WEEK_SECONDS = 604800.0
+MAX_WAIT_MS = 3_600_000
+MAX_NAME_BYTES = 1024  # the most max_model_len and max_id_len may be
+MAX_COUNT = 1_000_000
+MAX_TOKENS = 2**32 - 1
 
-def address(t: Table, key: str, default: str, *, allow_empty: bool = False) -> str:
-    """A `host:port` listen address (port 0..65535; 0 picks a free port)."""
+
+def address(t: Table, key: str, default: str, *, allow_empty: bool = False, allow_unix: bool = True) -> str:
+    """A `host:port` listen address (`[v6]:port`; port 0..65535, 0 picks a free port), or
+    `unix:PATH` where `allow_unix`; "" (off) where `allow_empty`."""
     value = t.string(key, default)
     if allow_empty and value == "":
         return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        t.error(key, f"{value!r} is not a host:port address with a port in 0..65535")
+    if not t.check(key, value, validate.listen_address):
+        return default
+    if value.startswith("unix:") and not allow_unix:
+        t.error(key, f"{shown(value)}: a unix socket is not supported here; use host:port")
         return default
     return value
+
+
+def env_name(t: Table, key: str, default: str) -> str:
+    """The name of an environment variable, or "" for none."""
+    value = t.string(key, default)
+    return value if t.check(key, value, validate.env_var_name) else default
 
 
 def server(t: Table | None, ctx: Context) -> ServerConfig:
@@ -44,12 +64,12 @@ def server(t: Table | None, ctx: Context) -> ServerConfig:
     tls_table = t.table("tls")
     result = ServerConfig(
         listen=address(t, "listen", d.listen),
-        admin_token_env=t.string("admin_token_env", d.admin_token_env),
-        client_token_env=t.string("client_token_env", d.client_token_env),
-        max_concurrent_rpcs=t.integer("max_concurrent_rpcs", d.max_concurrent_rpcs, 1, 65536),
-        max_concurrent_streams=t.integer("max_concurrent_streams", d.max_concurrent_streams, 1, 65536),
-        drain_seconds=t.duration("drain_seconds", d.drain_seconds, allow_zero=True),
-        grace_seconds=t.duration("grace_seconds", d.grace_seconds, allow_zero=True),
+        admin_token_env=env_name(t, "admin_token_env", d.admin_token_env),
+        client_token_env=env_name(t, "client_token_env", d.client_token_env),
+        max_concurrent_rpcs=t.integer("max_concurrent_rpcs", d.max_concurrent_rpcs, 1, MAX_RPCS),
+        max_concurrent_streams=t.integer("max_concurrent_streams", d.max_concurrent_streams, 1, MAX_RPCS),
+        drain_seconds=t.duration("drain_seconds", d.drain_seconds, MAX_PROCESS_SECONDS, allow_zero=True),
+        grace_seconds=t.duration("grace_seconds", d.grace_seconds, MAX_PROCESS_SECONDS, allow_zero=True),
         watch_config=t.boolean("watch_config", d.watch_config),
         workers=t.integer("workers", d.workers, 1, 1024),
         tls=_tls(tls_table, ctx) if tls_table is not None else None,
@@ -59,28 +79,24 @@ def server(t: Table | None, ctx: Context) -> ServerConfig:
 
 
 def _tls(t: Table, ctx: Context) -> TlsConfig:
-    cert = t.string("cert", "", required=True)
-    key = t.string("key", "", required=True)
-    client_ca = t.string("client_ca", "")
+    cert = t.path_value("cert", ctx.base_dir, required=True)
+    key = t.path_value("key", ctx.base_dir, required=True)
+    client_ca = t.path_value("client_ca", ctx.base_dir)
     t.finish()
-    return TlsConfig(
-        cert=resolve_path(cert, ctx.base_dir),
-        key=resolve_path(key, ctx.base_dir),
-        client_ca=resolve_path(client_ca, ctx.base_dir) if client_ca else None,
-    )
+    return TlsConfig(cert=cert or Path(), key=key or Path(), client_ca=client_ca)
 
 
 def ledger(t: Table | None, ctx: Context) -> LedgerConfig:
-    # SPEC §3: the default is sqlite, or memory for a build without sqlite yet.
+    # The default is sqlite, or memory for a build without sqlite yet.
     default_kind = "memory" if "ledger.kind=sqlite" in _reader.UNSUPPORTED else "sqlite"
     d = LedgerConfig()
     if t is None:
         return LedgerConfig(kind=default_kind, path=resolve_path(str(d.path), ctx.base_dir))
     kind = t.choice("kind", default_kind, LEDGER_KINDS)
-    path = t.path_value("path", d.path, ctx.base_dir)
+    path = t.path_value("path", ctx.base_dir, non_empty=True) or resolve_path(str(d.path), ctx.base_dir)
     url = t.string("url", d.url, non_empty=True)
-    if urlsplit(url).scheme.lower() not in _REDIS_SCHEMES:
-        t.error("url", f"{url!r} is not a redis URL (redis://, rediss:// or unix://)")
+    if not t.check("url", url, lambda value, field: validate.service_url(value, field, _REDIS_SCHEMES)):
+        url = d.url
     t.finish()
     return LedgerConfig(kind=kind, path=path, url=url)
 
@@ -91,10 +107,12 @@ def quality(t: Table | None) -> QualityConfig:
         return d
     result = QualityConfig(
         error_rate_threshold=t.number("error_rate_threshold", d.error_rate_threshold, 0.0, 1.0),
-        min_requests=t.integer("min_requests", d.min_requests, 1),
-        window_seconds=t.duration("window_seconds", d.window_seconds),
-        cooldown_seconds=t.duration("cooldown_seconds", d.cooldown_seconds, allow_zero=True),
-        ttft_penalty_threshold_ms=t.integer("ttft_penalty_threshold_ms", d.ttft_penalty_threshold_ms, 1),
+        min_requests=t.integer("min_requests", d.min_requests, 1, MAX_COUNT),
+        window_seconds=t.duration("window_seconds", d.window_seconds, MAX_WEEK_SECONDS),
+        cooldown_seconds=t.duration("cooldown_seconds", d.cooldown_seconds, MAX_DAY_SECONDS, allow_zero=True),
+        ttft_penalty_threshold_ms=t.integer(
+            "ttft_penalty_threshold_ms", d.ttft_penalty_threshold_ms, 1, MAX_WAIT_MS
+        ),
     )
     t.finish()
     return result
@@ -106,8 +124,10 @@ def queue(t: Table | None) -> QueueConfig:
         return d
     result = QueueConfig(
         enabled=t.boolean("enabled", d.enabled),
-        max_wait_ms=t.integer("max_wait_ms", d.max_wait_ms, 1, _INT32_MAX),
-        in_flight_ttl_seconds=t.duration("in_flight_ttl_seconds", d.in_flight_ttl_seconds),
+        max_wait_ms=t.integer("max_wait_ms", d.max_wait_ms, 1, MAX_WAIT_MS),
+        in_flight_ttl_seconds=t.number(
+            "in_flight_ttl_seconds", d.in_flight_ttl_seconds, 1.0, MAX_WEEK_SECONDS
+        ),
     )
     t.finish()
     return result
@@ -119,10 +139,10 @@ def health_check(t: Table | None) -> HealthCheckConfig:
         return d
     result = HealthCheckConfig(
         enabled=t.boolean("enabled", d.enabled),
-        interval_seconds=t.duration("interval_seconds", d.interval_seconds),
-        timeout_seconds=t.duration("timeout_seconds", d.timeout_seconds),
-        failure_threshold=t.integer("failure_threshold", d.failure_threshold, 1),
-        recovery_threshold=t.integer("recovery_threshold", d.recovery_threshold, 1),
+        interval_seconds=t.duration("interval_seconds", d.interval_seconds, MAX_DAY_SECONDS),
+        timeout_seconds=t.duration("timeout_seconds", d.timeout_seconds, MAX_PROCESS_SECONDS),
+        failure_threshold=t.integer("failure_threshold", d.failure_threshold, 1, 1000),
+        recovery_threshold=t.integer("recovery_threshold", d.recovery_threshold, 1, 1000),
     )
     t.finish()
     return result
@@ -147,10 +167,16 @@ def telemetry(t: Table | None, ctx: Context) -> TelemetryConfig:
         return d
     decision_log = t.string("decision_log", d.decision_log)
     if decision_log not in ("", "-"):
-        decision_log = str(resolve_path(decision_log, ctx.base_dir))
+        log_path = t.path_value("decision_log", ctx.base_dir)
+        decision_log = str(log_path) if log_path is not None else d.decision_log
+    otlp_endpoint = t.string("otlp_endpoint", d.otlp_endpoint)
+    if otlp_endpoint and not t.check("otlp_endpoint", otlp_endpoint, text_rule(2048, allow_space=False)):
+        otlp_endpoint = d.otlp_endpoint
     result = TelemetryConfig(
-        prometheus_listen=address(t, "prometheus_listen", d.prometheus_listen, allow_empty=True),
-        otlp_endpoint=t.string("otlp_endpoint", d.otlp_endpoint),
+        prometheus_listen=address(
+            t, "prometheus_listen", d.prometheus_listen, allow_empty=True, allow_unix=False
+        ),
+        otlp_endpoint=otlp_endpoint,
         trace_sample_ratio=t.number("trace_sample_ratio", d.trace_sample_ratio, 0.0, 1.0),
         decision_log=decision_log,
     )
@@ -163,14 +189,14 @@ def limits(t: Table | None) -> LimitsConfig:
     if t is None:
         return d
     result = LimitsConfig(
-        max_message_bytes=t.integer("max_message_bytes", d.max_message_bytes, 1024, _INT32_MAX),
-        max_model_len=t.integer("max_model_len", d.max_model_len, 1),
-        max_id_len=t.integer("max_id_len", d.max_id_len, 1),
-        max_labels=t.integer("max_labels", d.max_labels, 0),
-        max_label_key_len=t.integer("max_label_key_len", d.max_label_key_len, 1),
-        max_label_value_len=t.integer("max_label_value_len", d.max_label_value_len, 1),
-        max_tokens=t.integer("max_tokens", d.max_tokens, 1, 2**32 - 1),
-        max_charge_usd=t.number("max_charge_usd", d.max_charge_usd, 0.000001, 1_000_000.0),
+        max_message_bytes=t.integer("max_message_bytes", d.max_message_bytes, 1024, 64 * 1024 * 1024),
+        max_model_len=t.integer("max_model_len", d.max_model_len, 1, MAX_NAME_BYTES),
+        max_id_len=t.integer("max_id_len", d.max_id_len, 1, MAX_NAME_BYTES),
+        max_labels=t.integer("max_labels", d.max_labels, 0, 1024),
+        max_label_key_len=t.integer("max_label_key_len", d.max_label_key_len, 1, MAX_NAME_BYTES),
+        max_label_value_len=t.integer("max_label_value_len", d.max_label_value_len, 1, 65536),
+        max_tokens=t.integer("max_tokens", d.max_tokens, 1, MAX_TOKENS),
+        max_charge_usd=t.number("max_charge_usd", d.max_charge_usd, MIN_CHARGE_USD, MAX_CHARGE_USD),
     )
     t.finish()
     return result

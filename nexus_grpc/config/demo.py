@@ -1,4 +1,4 @@
-"""The built-in demo fleet that `nexus-grpc serve` runs without `--config` (SPEC §7).
+"""The built-in demo fleet that `nexus-grpc serve` runs without `--config`.
 
 It is an ordinary config file, loaded and validated like any other, so it doubles as an example.
 The app keeps `DEMO_LOADING_BACKEND` LOADING with a rolling ETA and seeds the global spend to

@@ -1,14 +1,16 @@
-"""The strict, phased configuration loader (SPEC §3).
+"""The strict, phased configuration loader (docs/configuration.md).
 
 Phase 1 parses the TOML; phase 2 checks every key's type and range (unknown keys included);
-phase 3 checks references between sections. Each phase reports every problem it finds, each
-naming the file, the key path and the problem; the next phase runs only when this one found none.
+phase 3 checks references between sections and the files `serve` will open. Each phase reports
+every problem it finds, each naming the file, the key path and the problem; the next phase runs
+only when this one found none. Whatever the input, the loader raises nothing but `ConfigError`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import stat
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -19,9 +21,10 @@ from nexus_grpc.config.errors import ConfigError, ConfigIssue
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.money import BUILTIN_PRICES
 
-__all__ = ["ConfigError", "ConfigIssue", "check_config", "load_config", "load_config_text"]
+__all__ = ["ConfigError", "ConfigIssue", "check_config", "keys_read", "load_config", "load_config_text"]
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a configuration file larger than this is refused unread
 _SECTIONS = (
     "server",
     "routing",
@@ -40,15 +43,36 @@ _SECTIONS = (
 def load_config(path: str | Path) -> Config:
     """Load and validate a config file; relative paths in it are relative to its directory."""
     source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(source, "(file)", f"cannot read: {exc.strerror or exc}")]) from exc
+    data = _read(Path(path), source)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigIssue(source, "(file)", f"not UTF-8 text: {exc}")]) from exc
     return _load(text, data, source, Path(path).absolute().parent)
+
+
+def _read(path: Path, source: str) -> bytes:
+    """The file's bytes: a regular file (never a FIFO or device, which could block or never
+    end) of at most MAX_FILE_BYTES."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            problem = (
+                "cannot read: a directory"
+                if stat.S_ISDIR(info.st_mode)
+                else "cannot read: not a regular file"
+            )
+        elif info.st_size > MAX_FILE_BYTES:
+            problem = f"cannot read: {info.st_size} bytes; at most {MAX_FILE_BYTES} allowed"
+        else:
+            with path.open("rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
+            if len(data) <= MAX_FILE_BYTES:
+                return data
+            problem = f"cannot read: more than {MAX_FILE_BYTES} bytes"
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        problem = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+    raise ConfigError([ConfigIssue(source, "(file)", problem)])
 
 
 def load_config_text(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
@@ -63,6 +87,15 @@ def check_config(path: str | Path) -> tuple[Config | None, list[str], list[str]]
     except ConfigError as exc:
         return None, [str(issue) for issue in exc.issues], []
     return config, [], list(config.warnings)
+
+
+def keys_read(text: str) -> frozenset[str]:
+    """The schema keys phase 2 reads for this TOML document, present or not, without indices
+    and with `*` for user-chosen keys: `server.tls.cert`, `backends.models.id`,
+    `pricing.*.input_per_1k`, `routing.aliases.*`. A table absent from the document is not read."""
+    ctx = Context(issues=Issues("<keys>"), deferred=Issues("<keys>"), base_dir=None)
+    _build(Table(_parse(text, "<keys>"), "", "", ctx.issues), ctx, "<keys>", b"")
+    return frozenset(ctx.issues.asked)
 
 
 def _load(text: str, data: bytes, source: str, base_dir: Path | None) -> Config:
@@ -86,6 +119,11 @@ def _parse(text: str, source: str) -> dict[str, object]:
         where = f"line {position[1]}, column {position[2]}" if position else "(syntax)"
         problem = _TOML_POSITION.sub("", message) if position else message
         raise ConfigError([ConfigIssue(source, where, f"TOML syntax error: {problem}")]) from exc
+    except RecursionError:
+        problem = "TOML syntax error: arrays or inline tables nested too deeply"
+        raise ConfigError([ConfigIssue(source, "(syntax)", problem)]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError([ConfigIssue(source, "(syntax)", f"TOML value error: {exc}")]) from None
 
 
 def _build(root: Table, ctx: Context, source: str, data: bytes) -> Config:

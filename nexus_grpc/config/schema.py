@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nexus_grpc.config.glob import Glob
 from nexus_grpc.domain.backend import BackendConfig
 from nexus_grpc.domain.enums import PrivacyZone
 from nexus_grpc.domain.money import Price
@@ -15,6 +15,9 @@ STRATEGIES = ("smart", "round_robin", "priority_only", "random")
 HARD_LIMIT_ACTIONS = ("warn", "block_cloud", "block_all")
 LEDGER_KINDS = ("memory", "sqlite", "redis")
 EXPOSE_REASONS = ("full", "summary")
+# [limits] max_charge_usd: the most one outcome report may charge, USD.
+MIN_CHARGE_USD = 0.000001
+MAX_CHARGE_USD = 1_000_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +32,8 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     admin_token_env: str = "NEXUS_ADMIN_TOKEN"
     client_token_env: str = ""
-    max_concurrent_rpcs: int = 1024  # unary RPCs in progress
-    max_concurrent_streams: int = 1024  # streams in progress (Envoy ext_proc, Queue holds)
+    max_concurrent_rpcs: int = 1024  # unary RPCs
+    max_concurrent_streams: int = 1024  # long-lived streams: Envoy ext_proc, Queue holds
     drain_seconds: float = 5.0
     grace_seconds: float = 10.0
     watch_config: bool = False
@@ -48,7 +51,7 @@ class Weights:
 @dataclass(frozen=True, slots=True)
 class Policy:
     model_pattern: str
-    regex: re.Pattern[str]
+    glob: Glob  # compiled from model_pattern
     privacy: PrivacyZone = PrivacyZone.OPEN  # OPEN = "unrestricted"
     min_tier: int = 0
     max_cost_nano: int | None = None
@@ -132,7 +135,7 @@ class LimitsConfig:
     max_label_key_len: int = 64
     max_label_value_len: int = 256
     max_tokens: int = 10_000_000
-    max_charge_usd: float = 1000.0  # the most one outcome report can charge
+    max_charge_usd: float = 1000.0  # the most one outcome report may charge
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +158,7 @@ class Config:
     warnings: tuple[str, ...] = ()
 
     def price_for(self, backend: BackendConfig, model: str) -> Price:
-        """SPEC §5.2: backend pricing, else 0 on restricted, else model table, else default, else 0."""
+        """Backend pricing, else 0 on restricted, else the model table, else the default, else 0."""
         if backend.pricing is not None:
             return backend.pricing
         if backend.zone == PrivacyZone.RESTRICTED:

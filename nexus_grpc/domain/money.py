@@ -62,7 +62,7 @@ class Price:
 
 FREE = Price(0, 0)
 
-# Built-in model prices, USD per 1K input / output tokens (SPEC §3).
+# Built-in model prices, USD per 1K input / output tokens.
 BUILTIN_PRICES: dict[str, Price] = {
     name: Price.per_1k(i, o)
     for name, (i, o) in {

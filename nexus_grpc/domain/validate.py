@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ __all__ = [
     "HttpUrl",
     "backend_problems",
     "cost_usd",
+    "env_var_name",
     "http_url",
     "identifier",
     "label_key",
     "label_value",
     "listen_address",
     "model_name",
+    "service_url",
     "tenant",
     "text",
     "token_count",
@@ -219,6 +222,32 @@ def listen_address(value: str, field: str) -> tuple[str, int]:
         if not _hostname_ok(host):
             raise FieldError(field, f"{value!r} has an invalid host {host!r}") from None
     return host, int(port)
+
+
+_ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_var_name(value: str, field: str, limit: int = 256) -> str:
+    """The name of an environment variable (ASCII letters, digits and `_`, not starting with a
+    digit), or "" for none."""
+    if value and (len(value) > limit or not _ENV_VAR_NAME.fullmatch(value)):
+        raise FieldError(field, f"{_show(value)} is not an environment variable name (letters, digits and _)")
+    return value
+
+
+def service_url(value: str, field: str, schemes: tuple[str, ...], limit: int = 2048) -> SplitResult:
+    """A URL of one of `schemes` (lower case) that parses, port included; credentials, a path and
+    a query are allowed (a redis URL carries its password and database number)."""
+    text(value, field, limit, required=True, allow_space=False)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise FieldError(field, f"{_show(value)} is not a valid URL ({exc})") from None
+    if parts.scheme.lower() not in schemes:
+        listed = ", ".join(f"{scheme}://" for scheme in schemes)
+        raise FieldError(field, f"{_show(value)} must start with one of {listed}")
+    return parts
 
 
 def _show(value: object) -> str:

@@ -1,143 +1,39 @@
-"""Shared ledger in Redis (SPEC §5.3 `redis`): several replicas, one truth, atomic Lua scripts.
+"""Shared ledger in Redis: several replicas, one truth, atomic Lua scripts (`redis_scripts`).
 
-Keys (prefix `nexus:`): `spent:<month>` and `reserved:<month>` hashes (scope -> nano-USD),
-`res:<id>` reservation hashes plus the `res_exp` expiry index, `charge:<id>` idempotency keys
-(expiring after ~62 days), and `ver`, bumped by every script so a refresh never overwrites newer
-values with an older snapshot.
+Outages: each call has a short timeout; after a failure to reach the store a breaker keeps
+callers off it (`available` is False) until a background probe succeeds. Meanwhile reservations
+are held locally (fail open), settles are committed to the sqlite journal before returning, and
+reads serve the last values plus own changes (`LocalState`). On recovery the journal is replayed
+(idempotent: the settle script's key refuses duplicates), local reservations are pushed, and
+totals re-read (`redis_recovery`).
 
-Outages: each call has a short timeout; after a failure a breaker keeps callers off the store
-(`available` is False) until a background probe succeeds. Meanwhile reservations are held locally
-(fail open), settles are committed to the sqlite journal (`LocalState`) before returning, and reads
-serve the last values plus own changes. On recovery the journal is replayed (idempotent: the
-settle script's key refuses duplicates), local reservations are pushed, and totals re-read.
+A store that answers with an error (a script error, out of memory) is not down (`redis_store`):
+such a write raises LedgerError and sets `write_error`, and nothing is journaled; a journaled
+settle the store refuses on replay is moved aside, so the journal always drains. Amounts and
+expiries are bounded before they reach the store, so no input can make it refuse forever. A
+journal write that fails while the store is down raises LedgerError: the settle is not
+acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
-from nexus_grpc.ledger.base import Pending, Reservation, SettleResult, Totals, month_of, previous_month
-from nexus_grpc.ledger.journal import Journal, JournalEntry, KnownCharge, LocalState, TaskSet
-
-now = time.time
-log = logging.getLogger(__name__)
-
-_PRELUDE = """
-local P = ARGV[1]
-local touched, order = {}, {}
-local function touch(scope, month)
-  local k = month .. '|' .. scope
-  if not touched[k] then touched[k] = true; order[#order + 1] = {scope, month} end
-end
-local function neg(s)
-  if s == '0' then return s end
-  if string.sub(s, 1, 1) == '-' then return string.sub(s, 2) end
-  return '-' .. s
-end
-local function add(kind, month, scope, amount)
-  local key = P .. kind .. ':' .. month
-  if redis.call('HINCRBY', key, scope, amount) < 0 then redis.call('HSET', key, scope, '0') end
-  touch(scope, month)
-end
-local function drop(id)
-  local key = P .. 'res:' .. id
-  redis.call('ZREM', P .. 'res_exp', id)
-  local r = redis.call('HMGET', key, 'scopes', 'amount', 'month')
-  if not r[1] then return false end
-  redis.call('DEL', key)
-  for _, s in ipairs(cjson.decode(r[1])) do add('reserved', r[3], s, neg(r[2])) end
-  return true
-end
-local function reply(head)
-  local out = {redis.call('INCR', P .. 'ver'), #head}
-  for _, v in ipairs(head) do out[#out + 1] = v end
-  for _, t in ipairs(order) do
-    local s, m = t[1], t[2]
-    out[#out + 1] = s
-    out[#out + 1] = m
-    out[#out + 1] = redis.call('HGET', P .. 'spent:' .. m, s) or '0'
-    out[#out + 1] = redis.call('HGET', P .. 'reserved:' .. m, s) or '0'
-  end
-  return out
-end
-"""
-
-# ARGV: prefix, id, amount, month, expires_at, pexpireat_ms, n, scopes[n], limits[n]
-_RESERVE = """
-local id, amount, month, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[7])
-drop(id)
-local scopes, ok = {}, 1
-for i = 1, n do
-  local s, limit = ARGV[7 + i], tonumber(ARGV[7 + n + i])
-  scopes[i] = s
-  if limit > 0 then
-    touch(s, month)
-    local used = tonumber(redis.call('HGET', P .. 'spent:' .. month, s) or '0')
-      + tonumber(redis.call('HGET', P .. 'reserved:' .. month, s) or '0')
-    if used + tonumber(amount) > limit then ok = 0 end
-  end
-end
-if ok == 0 then return reply({0}) end
-local key = P .. 'res:' .. id
-redis.call('HSET', key, 'scopes', cjson.encode(scopes), 'amount', amount, 'month', month, 'exp', ARGV[5])
-redis.call('PEXPIREAT', key, ARGV[6])
-redis.call('ZADD', P .. 'res_exp', ARGV[5], id)
-for i = 1, n do add('reserved', month, scopes[i], amount) end
-return reply({1})
-"""
-
-# ARGV: prefix, id, charge, month, estimated, provisional, ttl_ms, n, scopes[n]
-_SETTLE = """
-local id, charge, month = ARGV[2], ARGV[3], ARGV[4]
-local ck = P .. 'charge:' .. id
-local prev = redis.call('HMGET', ck, 'charged', 'estimated', 'provisional', 'scopes', 'month')
-if prev[1] and prev[3] ~= '1' then return reply({0, prev[1], prev[2], '0', prev[5], prev[4]}) end
-drop(id)
-local scopes = {}
-for i = 1, tonumber(ARGV[8]) do scopes[i] = ARGV[8 + i] end
-local scopes_json = cjson.encode(scopes)
-if prev[1] then
-  scopes_json, month = prev[4], prev[5]
-  scopes = cjson.decode(scopes_json)
-  for _, s in ipairs(scopes) do add('spent', month, s, neg(prev[1])) end
-end
-for _, s in ipairs(scopes) do add('spent', month, s, charge) end
-redis.call('HSET', ck, 'charged', charge, 'estimated', ARGV[5], 'provisional', ARGV[6],
-  'scopes', scopes_json, 'month', month)
-redis.call('PEXPIRE', ck, ARGV[7])
-return reply({1, charge, ARGV[5], ARGV[6], month, scopes_json})
-"""
-
-# ARGV: prefix, id
-_RELEASE = "return reply({drop(ARGV[2]) and 1 or 0})"
-
-# ARGV: prefix, now, max
-_EXPIRE = """
-local ids = redis.call('ZRANGEBYSCORE', P .. 'res_exp', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-local head = {#ids}
-for _, id in ipairs(ids) do
-  if drop(id) then head[#head + 1] = id end
-end
-head[1] = #head - 1
-return reply(head)
-"""
+from nexus_grpc.errors import LedgerError
+from nexus_grpc.ledger.base import Pending, Reservation, SettleResult, Totals, clamp_amount
+from nexus_grpc.ledger.bounds import bounded, unique
+from nexus_grpc.ledger.journal import Journal, JournalEntry
+from nexus_grpc.ledger.local_state import LocalState
+from nexus_grpc.ledger.redis_recovery import KeyLocks, Recovery
+from nexus_grpc.ledger.redis_store import Down, RedisStore, Refused
+from nexus_grpc.ledger.sqlite_thread import TaskSet, describe
 
 _EXPIRE_BATCH = 500
-
-
-class _Down(Exception):
-    """The store did not answer; the caller takes the local path."""
 
 
 class RedisLedger:
@@ -148,6 +44,7 @@ class RedisLedger:
         url: str,
         journal_path: Path,
         *,
+        wall: Callable[[], float] = time.time,
         op_timeout: float = 0.2,
         breaker_secs: float = 1.0,
         poll_secs: float = 0.05,
@@ -156,57 +53,68 @@ class RedisLedger:
         reservation_grace_secs: float = 40 * 86400,
     ) -> None:
         self.url = url
-        self._op_timeout = op_timeout
-        self._breaker_secs = breaker_secs
-        self._poll_secs = poll_secs
-        self._prefix = prefix
-        self._charge_ttl_ms = int(charge_ttl_secs * 1000)
-        self._grace_secs = reservation_grace_secs
+        self._wall = wall
         self._journal = Journal(journal_path)
         self._state = LocalState()
-        self._client: aioredis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
-        self._up = False
-        self._retry_at = 0.0
+        self._store = RedisStore(
+            url,
+            self._state,
+            wall=wall,
+            op_timeout=op_timeout,
+            breaker_secs=breaker_secs,
+            prefix=prefix,
+            charge_ttl_ms=int(charge_ttl_secs * 1000),
+            grace_secs=reservation_grace_secs,
+        )
+        self._locks = KeyLocks()
+        self._recovery = Recovery(
+            self._store,
+            self._state,
+            self._journal,
+            self._locks,
+            wall=wall,
+            poll_secs=poll_secs,
+            breaker_secs=breaker_secs,
+        )
         self._task: asyncio.Task[None] | None = None
         self._writes = TaskSet()
-        self._settling: dict[str, tuple[asyncio.Lock, int]] = {}
-        self.failures = 0  # store calls that failed (a metric; also lets tests count slow paths)
-
-    @property
-    def write_error(self) -> str | None:
-        return None
-
-    async def check_writable(self) -> bool:
-        return True
-
-    async def find(self, key: str) -> Pending | SettleResult | None:
-        return None
-
-    async def find_request(self, request_id: str) -> Pending | SettleResult | None:
-        return None
 
     @property
     def available(self) -> bool:
-        return self._up
+        return self._store.up
+
+    @property
+    def write_error(self) -> str | None:
+        return self._store.write_error
+
+    @property
+    def failures(self) -> int:
+        """Store calls that failed to reach it (a metric; also lets tests count slow paths)."""
+        return self._store.failures
+
+    @property
+    def refusals(self) -> int:
+        """Store calls it answered with an error."""
+        return self._store.refusals
+
+    @property
+    def replays_refused(self) -> int:
+        """Journaled settles the store refused on replay (moved to redis_journal_failed)."""
+        return self._recovery.replays_refused
 
     async def start(self) -> None:
-        await self._journal.open()
-        for entry in await self._journal.entries():
+        await self._journal.open()  # raises LedgerError naming the journal file
+        try:
+            entries = await self._journal.entries()
+        except BaseException:
+            await self._journal.close()
+            raise
+        for entry in entries:
             self._state.journal(entry)
-        self._client = aioredis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            socket_timeout=self._op_timeout,
-            socket_connect_timeout=self._op_timeout,
-            retry=Retry(NoBackoff(), 0),  # no retry loops: the breaker and the journal handle failures
-        )
-        for name, body in (("reserve", _RESERVE), ("settle", _SETTLE), ("release", _RELEASE)):
-            self._scripts[name] = self._client.register_script(_PRELUDE + body)
-        self._scripts["expire"] = self._client.register_script(_PRELUDE + _EXPIRE)
-        with contextlib.suppress(_Down):
-            await self._recover()
-        self._task = asyncio.create_task(self._run(), name="nexus-redis-ledger")
+        self._store.connect()
+        with contextlib.suppress(Down, Refused):
+            await self._recovery.recover()
+        self._task = asyncio.create_task(self._recovery.run(), name="nexus-redis-ledger")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -215,10 +123,7 @@ class RedisLedger:
                 await self._task
             self._task = None
         await self._writes.drain()
-        self._up = False
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._store.close()
         await self._journal.close()
 
     # -- reads ---------------------------------------------------------------------------------
@@ -230,25 +135,48 @@ class RedisLedger:
         return self._state.reservation(key)
 
     async def get(self, scope: str, month: str) -> Totals:
-        if self._up:
-            with contextlib.suppress(_Down):
-                await self._read_months([month], scope=scope)
+        if self._store.up:
+            with contextlib.suppress(Down, Refused):
+                await self._store.read_months([month], scope=scope)
         return self._state.view(scope, month) or self._state.view_unknown(scope, month)
 
     async def refresh(self) -> None:
-        if self._up:
-            with contextlib.suppress(_Down):
-                await self._refresh_store()
+        if self._store.up:
+            with contextlib.suppress(Down, Refused):
+                await self._store.refresh()
+
+    async def find(self, key: str) -> Pending | SettleResult | None:
+        if self._store.up and not self._state.changed_here(key):
+            with contextlib.suppress(Down, Refused):
+                return await self._store.find(key)
+        return self._state.find(key)
+
+    async def find_request(self, request_id: str) -> Pending | SettleResult | None:
+        if not request_id:
+            return None
+        if self._store.up:
+            with contextlib.suppress(Down, Refused):
+                found = await self._store.find_request(request_id)
+                if self._state.synced():
+                    return found
+                # right after an outage: own changes the store has not seen yet come first
+                if isinstance(found, Pending) and self._state.changed_here(found.key):
+                    found = None
+                if isinstance(found, Pending):
+                    return found
+                own = self._state.find_request(request_id, own_only=True)
+                return own if own is not None else found
+        return self._state.find_request(request_id)  # the store unreachable: what is known here
 
     # -- writes --------------------------------------------------------------------------------
 
     async def reserve(self, reservation: Reservation, limits: Mapping[str, int] | None = None) -> bool:
-        r = reservation
-        if self._up:
+        r = bounded(reservation, self._wall())
+        if self._store.up:
             async with self._ordered(r.key):
-                if self._up:
-                    with contextlib.suppress(_Down):
-                        head = await self._script("reserve", self._reserve_args(r, limits or {}))
+                if self._store.up:
+                    with contextlib.suppress(Down):
+                        head = await self._store.write("reserve", self._store.reserve_args(r, limits or {}))
                         self._state.forget(r.key)
                         if head[0] == 1:
                             self._state.stored_ok(r)
@@ -256,36 +184,33 @@ class RedisLedger:
         self._state.hold_locally(r)  # fail open
         return True
 
-    def _reserve_args(self, r: Reservation, limits: Mapping[str, int]) -> list[str | int]:
-        deadline = max(r.expires_at, now()) + self._grace_secs  # a safety net: expire() drops it first
-        args: list[str | int] = [r.key, str(r.amount_nano), r.month, repr(r.expires_at)]
-        args += [int(deadline * 1000), len(r.scopes), *r.scopes]
-        return args + [str(limits.get(scope, 0)) for scope in r.scopes]
-
     async def release(self, key: str) -> None:
-        if self._up:
+        if self._store.up:
             async with self._ordered(key):
-                if self._up:
-                    with contextlib.suppress(_Down):
-                        await self._script("release", [key])
+                if self._store.up:
+                    with contextlib.suppress(Down):
+                        await self._store.write("release", [key])
                         self._state.forget(key)
                         return
         self._state.release_locally(key)
 
     async def expire(self, now: float) -> list[str]:
+        if math.isnan(now):
+            return []
         released: list[str] = []
-        while self._up:
+        while self._store.up:
             try:
-                head = await self._script("expire", [repr(now), _EXPIRE_BATCH])
-            except _Down:
+                head = await self._store.write("expire", [repr(now), _EXPIRE_BATCH])
+            except Down:
                 break
-            ids = [str(x) for x in head[1 : 1 + int(head[0])]]
-            for rid in ids:
-                self._state.forget(rid)
-            released += ids
+            keys = [str(x) for x in head[1 : 1 + int(head[0])]]
+            for key in keys:
+                self._state.forget(key)
+            released += keys
             if int(head[0]) < _EXPIRE_BATCH:
                 break
-        return released + [rid for rid in self._state.expire_locally(now, self._up) if rid not in released]
+        local = self._state.expire_locally(now, self._store.up)
+        return released + [key for key in local if key not in released]
 
     async def settle(
         self,
@@ -299,161 +224,56 @@ class RedisLedger:
         request_id: str = "",
         note: str = "",
     ) -> SettleResult:
-        entry = JournalEntry(key, tuple(scopes), month, charge_nano, estimated, provisional)
+        charge = clamp_amount(charge_nano)
+        entry = JournalEntry(key, unique(scopes), month, charge, estimated, provisional, 0, request_id, note)
         return await self._writes.shielded(self._settle_serialised(entry))
 
     async def _settle_serialised(self, entry: JournalEntry) -> SettleResult:
-        async with self._one_at_a_time(entry.request_id):
+        async with self._locks.hold(entry.key):
             return await self._settle(entry)
 
-    @contextlib.asynccontextmanager
-    async def _one_at_a_time(self, request_id: str) -> AsyncIterator[None]:
-        """Settles (and replays) of one request_id run one after the other."""
-        lock, users = self._settling.get(request_id, (asyncio.Lock(), 0))
-        self._settling[request_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._settling[request_id]
-            if users == 1:
-                del self._settling[request_id]
-            else:
-                self._settling[request_id] = (lock, users - 1)
-
     async def _settle(self, e: JournalEntry) -> SettleResult:
-        if self._up and e.request_id not in self._state.journaled:
-            with contextlib.suppress(_Down):
-                return await self._settle_in_store(e)
+        if self._store.up and e.key not in self._state.journaled:
+            with contextlib.suppress(Down):
+                try:
+                    return await self._store.settle(e)
+                except Refused as exc:
+                    raise self._store.refused(exc) from None
         duplicate, entry = self._state.plan_local_settle(e)
         if duplicate is not None:
             return duplicate
-        await self._journal.put(entry)  # durable before the outcome is acknowledged
+        try:
+            await self._journal.put(entry)  # durable before the outcome is acknowledged
+        except LedgerError as exc:
+            self._store.write_error = str(exc)
+            raise
+        self._store.write_error = None
         self._state.journal(entry)
         return SettleResult(True, entry.charge_nano, entry.estimated)
 
-    async def _settle_in_store(self, e: JournalEntry) -> SettleResult:
-        args: list[str | int] = [e.request_id, str(e.charge_nano), e.month, int(e.estimated)]
-        args += [int(e.provisional), self._charge_ttl_ms, len(e.scopes), *e.scopes]
-        head = await self._script("settle", args)
-        recorded, charged, est, prov, month, scopes_json = head[:6]
-        if recorded == 1:
-            self._state.forget(e.request_id)  # the script dropped its reservation
-        self._state.remember(e.request_id, KnownCharge.parse(scopes_json, month, charged, est, prov))
-        return SettleResult(recorded == 1, int(charged), est == "1")
-
-    # -- store access --------------------------------------------------------------------------
-
-    async def _guard(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
-        if self._client is None:
-            raise _Down
+    async def check_writable(self) -> bool:
+        store = self._store
         try:
-            async with asyncio.timeout(self._op_timeout):
-                return await call(self._client)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.failures += 1
-            if self._up:
-                log.warning("redis ledger unavailable (%s): failing open, journaling settles", exc)
-            self._up = False
-            self._retry_at = time.monotonic() + self._breaker_secs
-            raise _Down from exc
+            if store.up:
+                with contextlib.suppress(Down):
+                    await store.probe_write()
+                    store.write_error = None
+                    return True
+            await self._journal.touch(self._wall())  # where settles go while the store is down
+        except Refused as exc:
+            store.refused(exc)
+            return False
+        except LedgerError as exc:
+            store.write_error = str(exc)
+            return False
+        except Exception as exc:  # never raises
+            store.write_error = f"{store.label}: {describe(exc)}"
+            return False
+        store.write_error = None
+        return True
 
-    async def _script(self, name: str, args: Sequence[str | int]) -> list[Any]:
-        script = self._scripts[name]
-        reply: list[Any] = await self._guard(lambda c: script(keys=[], args=[self._prefix, *args], client=c))
-        ver, n = int(reply[0]), int(reply[1])
-        head, rest = reply[2 : 2 + n], reply[2 + n :]
-        for i in range(0, len(rest), 4):
-            scope, month, spent, reserved = rest[i : i + 4]
-            self._state.store_totals(str(scope), str(month), Totals(int(spent), int(reserved)), ver)
-        return head
-
-    async def _read_months(self, months: Sequence[str], scope: str | None = None) -> None:
-        async def read(c: aioredis.Redis) -> list[Any]:
-            pipe = c.pipeline(transaction=True)
-            pipe.get(self._prefix + "ver")
-            for month in months:
-                if scope is None:
-                    pipe.hgetall(f"{self._prefix}spent:{month}")
-                    pipe.hgetall(f"{self._prefix}reserved:{month}")
-                else:
-                    pipe.hget(f"{self._prefix}spent:{month}", scope)
-                    pipe.hget(f"{self._prefix}reserved:{month}", scope)
-            return list(await pipe.execute())
-
-        reply = await self._guard(read)
-        ver = int(reply[0] or 0)
-        for i, month in enumerate(months):
-            spent, reserved = reply[1 + 2 * i], reply[2 + 2 * i]
-            if scope is None:
-                self._state.store_month(month, spent, reserved, ver)
-            else:
-                self._state.store_totals(scope, month, Totals(int(spent or 0), int(reserved or 0)), ver)
-
-    async def _refresh_store(self) -> None:
-        current = month_of(now())
-        await self._read_months(sorted({current, previous_month(current), *self._state.months()}))
-
-    # -- recovery ------------------------------------------------------------------------------
-
-    async def _recover(self) -> None:
-        """Probe, then bring the store up to date with everything done locally; raises _Down."""
-        if self._client is not None:
-            # pooled connections from before the outage may lead to a store that has restarted
-            # since: drop them, or each would fail once more and trip the breaker after recovery
-            await self._client.connection_pool.disconnect()
-        await self._guard(lambda c: c.ping())
-        self._state.store_restarted()
-        # One pass over what was done locally, then available: what arrived during the pass is
-        # caught up by the background task (waiting for an empty backlog under steady traffic
-        # would never end: every decision adds to it while the store counts as down).
-        await self._catch_up()
-        await self._refresh_store()
-        self._up = True
-        backlog = len(self._state.journaled) + len(self._state.local) + len(self._state.pending_release)
-        log.info("redis ledger available" + (f" ({backlog} local change(s) left to push)" if backlog else ""))
-
-    async def _catch_up(self) -> None:
-        """Push releases, journaled settles and reservations made while the store was down.
-        Each id is pushed under its lock, so a concurrent call on that id runs before or after."""
-        for rid, r in list(self._state.pending_release.items()):
-            async with self._one_at_a_time(rid):
-                if self._state.pending_release.get(rid) is r:
-                    await self._script("release", [rid])
-                    self._state.release_done(rid, r)
-        await self._replay()
-        for rid, r in list(self._state.local.items()):
-            async with self._one_at_a_time(rid):
-                if self._state.local.get(rid) is r:
-                    await self._script("reserve", self._reserve_args(r, {}))
-                    self._state.pushed(rid, r)
-
-    def _ordered(self, request_id: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """Per-id ordering against the catch-up after an outage; nothing to order otherwise."""
+    def _ordered(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Per-key ordering against the catch-up after an outage; nothing to order otherwise."""
         if self._state.synced():
             return contextlib.nullcontext()
-        return self._one_at_a_time(request_id)
-
-    async def _replay(self) -> None:
-        for entry in list(self._state.journaled.values()):
-            async with self._one_at_a_time(entry.request_id):
-                if self._state.journaled.get(entry.request_id) is not entry:
-                    continue  # replaced meanwhile by a later settle of the same id
-                await self._settle_in_store(entry)  # idempotent: a replayed duplicate is refused
-                self._state.replayed(entry)
-                await self._journal.remove(entry)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_secs)
-            try:
-                if not self._up and time.monotonic() >= self._retry_at:
-                    await self._recover()
-                elif self._up and not self._state.synced():
-                    await self._catch_up()
-                elif self._up and not self._state.loaded(month_of(now())):
-                    await self._refresh_store()
-            except _Down:
-                continue
-            except Exception:  # a bug must not end recovery for good
-                log.exception("redis ledger background task")
+        return self._locks.hold(key)

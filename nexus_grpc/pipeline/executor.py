@@ -20,8 +20,8 @@ from nexus_grpc.domain.decision import (
     summary_text,
 )
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, RejectCode
+from nexus_grpc.domain.months import next_month_start
 from nexus_grpc.domain.request import DecisionRequest
-from nexus_grpc.ledger.base import next_month_start
 from nexus_grpc.pipeline.budget import request_views, scopes_for
 from nexus_grpc.pipeline.intent import Intent, Reconciler
 from nexus_grpc.pipeline.snapshot import Snapshot

@@ -53,6 +53,7 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
                 raise
             if isinstance(exc, LedgerError):
                 log.warning("%s: %s", method.__qualname__, exc)
+                await context.abort(code, exc.for_caller())
             await context.abort(code, str(exc))
         except Exception:
             rid = getattr(request, "request_id", "") or "-"

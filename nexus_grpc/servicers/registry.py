@@ -109,7 +109,7 @@ class RegistryServicer(rgrpc.RegistryServiceServicer):
         self.engine.watch.notify()
 
     def replay(self, method: str, payload: bytes, age_ms: int) -> None:
-        """Apply an admin change another worker made (SPEC §7: admin changes reach every worker)."""
+        """Apply an admin change another worker made."""
         if method == "UpsertBackend":
             self.upsert(rpb.UpsertBackendRequest.FromString(payload))
         elif method == "RemoveBackend":

@@ -1,4 +1,4 @@
-"""Admin changes shared by the workers of one `serve --workers N` (SPEC §7).
+"""Admin changes shared by the workers of one `serve --workers N`.
 
 Each worker applies a RegistryService mutation locally, then appends it to a small sqlite log that
 the parent process created for this run; every worker polls the log and replays the others'

@@ -1,4 +1,4 @@
-"""Active health checks (SPEC §3 `[health_check]`): one background task probes every backend
+"""Active health checks: one background task probes every backend
 over HTTP on its interval; decisions only ever read the statuses it leaves behind.
 
 - Path: `health_path` if set, else `/api/tags` (ollama), `/health` (llamacpp), `/v1/models`;

@@ -19,7 +19,7 @@ import itertools
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from nexus_grpc.config.glob import compile_glob
+from nexus_grpc.config.glob import Glob
 from nexus_grpc.config.schema import (
     BudgetConfig,
     Config,
@@ -136,7 +136,7 @@ def policy(
     """A traffic policy; `pattern` is compiled with the config's glob grammar."""
     return Policy(
         model_pattern=pattern,
-        regex=compile_glob(pattern),
+        glob=Glob(pattern),
         privacy=zone(privacy),
         min_tier=min_tier,
         max_cost_nano=usd_to_nano(max_cost_usd) if max_cost_usd is not None else None,

@@ -384,7 +384,7 @@ def test_late_report_after_expiry_still_charges() -> None:
 
 
 def test_late_report_after_expiry_goes_to_the_scopes_recorded_at_decide() -> None:
-    """SPEC §1.1: the report's tenant is used only for ids this server never decided."""
+    """The report's tenant is used only for ids this server never decided."""
     clock = FakeClock()
     eng = cloud_engine(clock=clock, tenants={"acme": 10.0})
     decide(eng, request("gpt-4-turbo", request_id="r1", estimated_input_tokens=1000, tenant="acme"))
@@ -396,7 +396,7 @@ def test_late_report_after_expiry_goes_to_the_scopes_recorded_at_decide() -> Non
 
 
 def test_late_estimate_only_report_after_expiry_charges_the_decisions_estimate() -> None:
-    """SPEC §1.1: neither cost nor tokens -> the decision's estimate; §4.1: a late report still charges."""
+    """Neither cost nor tokens: the decision's estimate; a late report still charges."""
     clock = FakeClock()
     eng = cloud_engine(clock=clock)
     decide(eng, request("gpt-4-turbo", request_id="r1", estimated_input_tokens=1000))

@@ -1,4 +1,4 @@
-"""kill -9 mid-stream (SPEC §5.3 sqlite, §9): a `serve` process on the sqlite ledger receives a
+"""kill -9 mid-stream: a `serve` process on the sqlite ledger receives a
 stream of ReportOutcome calls, is killed with SIGKILL, and restarts on the same file. Every
 acknowledged outcome is charged exactly once; only calls that got no answer may go either way,
 and retrying them settles that; retries of acknowledged ids never charge again."""

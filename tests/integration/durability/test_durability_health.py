@@ -1,5 +1,5 @@
 """Active health checks against real local HTTP servers (stdlib `http.server` in threads) that
-answer, fail (500), time out and recover, or answer 401 (SPEC §3 health probes).
+answer, fail (500), time out and recover, or answer 401.
 
 The server reports SERVING only after the first probe round; thresholds are respected; models a
 probe lists are merged (the declaration wins); an admin-set DRAINING sticks."""

@@ -1,4 +1,4 @@
-"""Redis outage (SPEC §5.3, §9): two `serve` replicas on one real Redis keep deciding while Redis
+"""Redis outage: two `serve` replicas on one real Redis keep deciding while Redis
 is stopped (connections refused) and later frozen (a hang: connections open, nothing answers).
 
 Decisions continue with no failed RPC; Decide latency is measured by a real client before and

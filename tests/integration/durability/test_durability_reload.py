@@ -1,4 +1,4 @@
-"""Hot reload (SPEC §3): SIGHUP and AdminService.ReloadConfig under concurrent Decide load with
+"""Hot reload: SIGHUP and AdminService.ReloadConfig under concurrent Decide load with
 zero failed RPCs, a bad file that changes nothing and is counted, and `watch_config` picking up
 a file change. GetServerInfo.config_version always names the active file; health stays SERVING."""
 
@@ -185,9 +185,9 @@ def test_watch_config_reloads_on_a_file_change(tmp_path: Path) -> None:
 
         bad = BAD.replace("watch_config = false", "watch_config = true")
         path.write_text(bad)
-        until(lambda: server.runtime.reload_failures == 1, "the bad file is counted")
+        until(lambda: server.runtime.state.reload_failures == 1, "the bad file is counted")
         time.sleep(2.5)  # two more polls: the same bad content is not retried
-        assert server.runtime.reload_failures == 1
+        assert server.runtime.state.reload_failures == 1
         assert version() == version_of(second)
         assert s.health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
 

@@ -1,4 +1,4 @@
-"""Scale-out (SPEC §5.3 redis): three `serve` replicas share one real Redis and one
+"""Scale-out: three `serve` replicas share one real Redis and one
 `block_cloud` budget. Concurrent Decides and ReportOutcomes spread over the replicas (each outcome
 reported to another replica than the one that decided) drive spend past the hard limit.
 

@@ -1,4 +1,4 @@
-"""The admin rule and the client token (SPEC §1.6, §9)."""
+"""The admin rule and the client token."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Malformed input (SPEC §9): INVALID_ARGUMENT naming the field, NOT_FOUND for unknown ids, grpc's
+"""Malformed input: INVALID_ARGUMENT naming the field, NOT_FOUND for unknown ids, grpc's
 own RESOURCE_EXHAUSTED over 4 MiB; no traceback or path in any detail; the server keeps serving."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`nexus-grpc decide|explain|check-config` against a real server (SPEC §7), and the synchronous
+"""`nexus-grpc decide|explain|check-config` against a real server, and the synchronous
 client code against a grpcio-testing scripted channel."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_json_output_parses(demo: TestServer, cli_env: dict[str, str]) -> None:
     )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["decision"]["route"]["backend_id"] == "gpu-1"  # proto field names (SPEC §1.6)
+    assert doc["decision"]["route"]["backend_id"] == "gpu-1"  # proto field names
     # the worse of global (seeded to its soft limit) and team-a (nothing spent)
     assert doc["decision"]["budget"]["scope"] == "global"
     assert doc["decision"]["budget"]["status"] == "BUDGET_STATUS_SOFT_LIMIT"

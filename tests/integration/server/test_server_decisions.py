@@ -1,4 +1,4 @@
-"""Decide / Explain / ReportOutcome end to end over a real server (SPEC §1.1, §2, §4, §5)."""
+"""Decide / Explain / ReportOutcome end to end over a real server."""
 
 from __future__ import annotations
 
@@ -412,7 +412,7 @@ def test_unknown_request_id_is_still_charged(small: TestServer, stubs_of: StubsO
 
 
 def test_rpc_error_is_not_an_internal_leak(small: TestServer, stubs_of: StubsOf) -> None:
-    """A decision is OK, never an error status (SPEC §1.6)."""
+    """A decision is OK, never an error status."""
     s = stubs_of(small)
     call = s.decision.Decide.with_call(dpb.DecideRequest(model="no-such-model"), timeout=5)
     assert call[1].code() == grpc.StatusCode.OK

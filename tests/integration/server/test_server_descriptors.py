@@ -1,4 +1,4 @@
-"""ExplainRequest has exactly the fields of DecideRequest (SPEC §1.1): names, numbers, types."""
+"""ExplainRequest has exactly the fields of DecideRequest: names, numbers, types."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def shape(desc: Descriptor) -> dict[str, tuple[object, ...]]:
 def test_explain_request_mirrors_decide_request() -> None:
     decide, explain = shape(dpb.DecideRequest.DESCRIPTOR), shape(dpb.ExplainRequest.DESCRIPTOR)
     assert explain == decide
-    assert len(decide) == 14  # request_id .. labels (SPEC §1.1)
+    assert len(decide) == 14  # request_id .. labels
 
 
 def test_explain_request_bytes_round_trip() -> None:

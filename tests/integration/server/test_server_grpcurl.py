@@ -1,4 +1,4 @@
-"""Reflection, checked with the real grpcurl binary (no proto files) (SPEC §1.5, INTEGRATION.md)."""
+"""Reflection, checked with the real grpcurl binary (no proto files)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""grpc.health.v1 and the graceful stop of a running Runtime (SPEC §1.5, §7)."""
+"""grpc.health.v1 and the graceful stop of a running Runtime."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`nexus-grpc serve` as a real process: SIGTERM stops it gracefully, a port clash and an invalid
-config fail loudly (SPEC §3, §7)."""
+config fail loudly."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_missing_config_file_exits_2(serve: Serve, tmp_path: Path) -> None:
     assert str(missing) in err
 
 
-# --- serve --workers N: N processes on one port sharing the sqlite ledger (SPEC §7) ---
+# --- serve --workers N: N processes on one port sharing the sqlite ledger ---
 
 WORKERS_CONFIG = """\
 [server]
@@ -189,7 +189,7 @@ def test_workers_share_the_port_and_charge_each_outcome_once(serve: Serve, tmp_p
     with grpc.insecure_channel(target) as channel:
         budget = bgrpc.BudgetServiceStub(channel).GetBudget(bpb.GetBudgetRequest())
     assert budget.budget.spent_usd == total
-    # an admin change made through one worker reaches every worker (SPEC §7)
+    # an admin change made through one worker reaches every worker
     with grpc.insecure_channel(target) as channel:
         rgrpc.RegistryServiceStub(channel).SetBackendState(
             rpb.SetBackendStateRequest(

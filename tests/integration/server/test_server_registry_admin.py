@@ -1,4 +1,4 @@
-"""RegistryService, BudgetService and AdminService over a real server (SPEC §1.2-1.4, §3 reload)."""
+"""RegistryService, BudgetService and AdminService over a real server."""
 
 from __future__ import annotations
 
@@ -304,7 +304,7 @@ def test_reload_does_not_apply_server_section_changes(
     small_toml: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """SPEC §3: a change to [server] is reported as needing a restart while the rest applies, so
+    """A change to [server] is reported as needing a restart while the rest applies, so
     the running process keeps its admin/client token settings until it is restarted."""
     path = write_config(small_toml)
     server = start_server(config_path=path)

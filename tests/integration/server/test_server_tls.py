@@ -1,4 +1,4 @@
-"""TLS and mutual TLS on the gRPC port ([server.tls], SPEC §9), with certificates made by openssl."""
+"""TLS and mutual TLS on the gRPC port ([server.tls]), with certificates made by openssl."""
 
 from __future__ import annotations
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
@@ -189,3 +191,69 @@ def test_an_open_port_without_a_token_warns_at_start_and_names_the_variable(
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "NEXUS_ADMIN_TOKEN" in details
+
+
+SQLITE_TOML = """\
+[server]
+drain_seconds = 0
+[routing.budget]
+monthly_limit_usd = 100.0
+hard_limit_action = "block_cloud"
+[ledger]
+kind = "sqlite"
+path = "ledger.db"
+[[backends]]
+id = "cloud"
+url = "https://api.openai.com"
+type = "openai"
+[[backends.models]]
+id = "gpt-4-turbo"
+[[backends]]
+id = "local"
+url = "http://127.0.0.1:9001"
+type = "ollama"
+[[backends.models]]
+id = "m"
+"""
+
+
+def test_a_ledger_that_cannot_write_fails_priced_decides_cleanly_and_recovers(
+    start_server: Callable[..., TestServer], stubs_of: StubsOf, error_of: ErrorOf, tmp_path: Path
+) -> None:
+    """The ledger's file stops taking writes (here: sqlite's query_only on the live connection,
+    as a read-only remount would): priced Decides fail with UNAVAILABLE holding nothing, free ones
+    still route, health turns NOT_SERVING and GetServerInfo says why; all of it recovers by itself."""
+    path = tmp_path / "nexus.toml"
+    path.write_text(SQLITE_TOML)
+    server = start_server(config_path=path)
+    s = stubs_of(server)
+    db = server.runtime.engine.ledger._db  # type: ignore[attr-defined]
+    priced = dpb.DecideRequest(model="gpt-4-turbo", estimated_input_tokens=1000)
+    assert s.decision.Decide(priced, timeout=5).route.backend_id == "cloud"
+    server.run(db.run(lambda conn: conn.execute("PRAGMA query_only=1")))
+    code, details = error_of(s.decision.Decide, priced)
+    assert code == grpc.StatusCode.UNAVAILABLE, details
+    assert "budget ledger cannot store changes" in details and "read-only" in details
+    cloud = s.registry.GetBackend(rpb.GetBackendRequest(backend_id="cloud"), timeout=5).backend
+    assert cloud.in_flight == 1  # only the first, successful Decide holds a slot
+    assert s.decision.Decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "local"
+    health = s.health
+
+    def status() -> int:
+        return int(health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status)
+
+    wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, "health turns NOT_SERVING")
+    info = s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5)
+    assert not info.ledger_available
+    assert any("cannot store changes" in r for r in info.degraded_reasons)
+    server.run(db.run(lambda conn: conn.execute("PRAGMA query_only=0")))
+    wait_for(lambda: status() == health_pb2.HealthCheckResponse.SERVING, "health recovers")
+    assert s.decision.Decide(priced, timeout=5).route.backend_id == "cloud"
+    assert s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5).ledger_available
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

@@ -20,7 +20,7 @@ def resolve_chain(config: Config, model: str) -> list[str]:
 
 
 def matching_policies(config: Config, chain: list[str]) -> list[Policy]:
-    return [p for p in config.routing.policies if any(p.regex.fullmatch(name) for name in chain)]
+    return [p for p in config.routing.policies if any(p.glob.matches(name) for name in chain)]
 
 
 def serving(config: Config, model: str) -> list[BackendConfig]:

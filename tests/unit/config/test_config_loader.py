@@ -1,4 +1,4 @@
-"""Defaults, normalization, paths, warnings, version and check_config (SPEC §3)."""
+"""Defaults, normalization, paths, warnings, version and check_config."""
 
 from __future__ import annotations
 
@@ -13,18 +13,25 @@ from nexus_grpc.domain.enums import PrivacyZone
 from nexus_grpc.domain.money import BUILTIN_PRICES, Price
 
 FILE = "cfg.toml"
+GPU = '[[backends]]\nid = "gpu"\nurl = "http://127.0.0.1:11434"\ntype = "ollama"\n'
+NO_FLEET = f"{FILE}: backends: no backends: every request will be rejected"
 
 
 def test_defaults_of_an_empty_file() -> None:
     c = load_config_text("", source=FILE)
     s = c.server
     assert (s.listen, s.admin_token_env, s.client_token_env) == ("127.0.0.1:50051", "NEXUS_ADMIN_TOKEN", "")
-    assert (s.max_concurrent_rpcs, s.drain_seconds, s.grace_seconds) == (1024, 5, 10)
+    assert (s.max_concurrent_rpcs, s.max_concurrent_streams, s.drain_seconds, s.grace_seconds) == (
+        1024,
+        1024,
+        5,
+        10,
+    )
     assert (s.watch_config, s.workers, s.tls) == (False, 1, None)
     r = c.routing
     assert r.strategy == "smart"
     assert (r.weights.priority, r.weights.load, r.weights.latency) == (50, 30, 20)
-    assert (r.aliases, r.fallbacks, r.policies, r.budget) == ({}, {}, (), None)
+    assert (r.aliases, r.fallbacks, r.policies, r.budget, r.allow_empty_fleet) == ({}, {}, (), None, False)
     assert c.ledger.kind == "sqlite"
     assert c.ledger.path == Path("nexus-ledger.db")
     assert c.ledger.url == "redis://127.0.0.1:6379/0"
@@ -46,10 +53,11 @@ def test_defaults_of_an_empty_file() -> None:
         32,
     )
     assert (lim.max_label_key_len, lim.max_label_value_len, lim.max_tokens) == (64, 256, 10_000_000)
+    assert lim.max_charge_usd == 1000.0
     assert c.backends == ()
     assert c.pricing == BUILTIN_PRICES
     assert c.default_price is None
-    assert c.warnings == ()
+    assert c.warnings == (NO_FLEET,)  # the one warning of an empty file
     assert c.source == FILE
 
 
@@ -81,7 +89,7 @@ def test_budget_and_policy_defaults() -> None:
     assert budget.tenants == {}
     (policy,) = c.routing.policies
     assert policy.model_pattern == "x*"
-    assert policy.regex.fullmatch("xyz")
+    assert policy.glob.matches("xyz")
     assert policy.privacy == PrivacyZone.OPEN
     assert policy.min_tier == 0
     assert policy.max_cost_nano is None
@@ -206,7 +214,7 @@ error_rate_threshold = 1
 window_seconds = 0.5
 cooldown_seconds = 0
 [queue]
-in_flight_ttl_seconds = 0.1
+in_flight_ttl_seconds = 1.5
 [health_check]
 interval_seconds = 0.05
 timeout_seconds = 0.02
@@ -231,7 +239,7 @@ output_per_1k = 2
         0.5,
         0.0,
     )
-    assert c.queue.in_flight_ttl_seconds == 0.1
+    assert c.queue.in_flight_ttl_seconds == 1.5
     assert (c.health_check.interval_seconds, c.health_check.timeout_seconds) == (0.05, 0.02)
     assert c.telemetry.trace_sample_ratio == 0.0
     assert isinstance(c.telemetry.trace_sample_ratio, float)
@@ -281,11 +289,15 @@ latency = 0
     assert r.fallbacks == {"llama3:70b": ("qwen2:72b", "mixtral:8x7b")}
 
 
-def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, files: Path) -> None:
     conf_dir = tmp_path / "etc"
     (conf_dir / "tls").mkdir(parents=True)
-    for name in ("server.pem", "server.key", "ca.pem"):
-        (conf_dir / "tls" / name).write_text("x")
+    for name, source in (
+        ("server.pem", "server.pem"),
+        ("server.key", "server.key"),
+        ("ca.pem", "server.pem"),
+    ):
+        (conf_dir / "tls" / name).write_bytes((files / source).read_bytes())
     absolute = tmp_path / "abs.db"
     path = conf_dir / "nexus.toml"
     path.write_text(
@@ -315,10 +327,9 @@ path = "data/ledger.db"
     assert load_config(path).server.tls is None
 
 
-def test_tls_without_client_ca(tmp_path: Path) -> None:
-    (tmp_path / "c.pem").write_text("x")
-    (tmp_path / "k.pem").write_text("x")
-    c = load_config_text('[server.tls]\ncert = "c.pem"\nkey = "k.pem"\nclient_ca = ""', base_dir=tmp_path)
+def test_tls_without_client_ca(files: Path) -> None:
+    text = '[server.tls]\ncert = "server.pem"\nkey = "server.key"\nclient_ca = ""'
+    c = load_config_text(text, base_dir=files)
     assert c.server.tls is not None
     assert c.server.tls.client_ca is None
 
@@ -375,7 +386,7 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_warn_action_with_a_limit_is_never_enforced() -> None:
     c = load_config_text(
-        '[routing.budget]\nmonthly_limit_usd = 10\n[routing.budget.tenants]\n"t" = 1', source=FILE
+        GPU + '[routing.budget]\nmonthly_limit_usd = 10\n[routing.budget.tenants]\n"t" = 1', source=FILE
     )
     (warning,) = c.warnings
     assert warning.startswith(f"{FILE}: routing.budget.hard_limit_action: ")
@@ -386,7 +397,7 @@ def test_warn_action_with_a_limit_is_never_enforced() -> None:
 
 def test_warn_action_tenant_limit_only() -> None:
     c = load_config_text(
-        '[routing.budget]\nmonthly_limit_usd = 0\n[routing.budget.tenants]\n"t" = 1', source=FILE
+        GPU + '[routing.budget]\nmonthly_limit_usd = 0\n[routing.budget.tenants]\n"t" = 1', source=FILE
     )
     (warning,) = c.warnings
     assert 'routing.budget.tenants."t"' in warning
@@ -402,7 +413,7 @@ def test_warn_action_tenant_limit_only() -> None:
     ],
 )
 def test_no_budget_warning(text: str) -> None:
-    assert load_config_text(text).warnings == ()
+    assert load_config_text(GPU + text).warnings == ()
 
 
 def test_fallback_model_that_no_backend_declares() -> None:
@@ -445,7 +456,7 @@ def test_check_config_bad_file(tmp_path: Path) -> None:
     assert warnings == []
     assert errors == [
         f"{path}: routing.strategy: 'fastest' is not one of: smart, round_robin, priority_only, random",
-        f"{path}: queue.max_wait: unknown key",
+        f"{path}: queue.max_wait: unknown key; did you mean 'max_wait_ms'?",
     ]
 
 
@@ -454,3 +465,115 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
     assert config is None
     assert len(errors) == 1
     assert "cannot read" in errors[0]
+
+
+# ---- ranges, new keys and files that are fine -------------------------------------------------
+
+# Values at the edges of their documented ranges load (the ranges are inclusive).
+ACCEPTED = {
+    "rpcs and streams at the top": "[server]\nmax_concurrent_rpcs = 65536\nmax_concurrent_streams = 65536",
+    "drain and grace at an hour": "[server]\ndrain_seconds = 3600\ngrace_seconds = 3600",
+    "drain and grace at 0": "[server]\ndrain_seconds = 0\ngrace_seconds = 0",
+    "in-flight ttl bounds": "[queue]\nin_flight_ttl_seconds = 604800",
+    "in-flight ttl at 1": "[queue]\nin_flight_ttl_seconds = 1",
+    "max wait at an hour": "[queue]\nmax_wait_ms = 3600000",
+    "message bytes bounds": "[limits]\nmax_message_bytes = 67108864\nmax_model_len = 1024\nmax_id_len = 1024",
+    "limits at the bottom": (
+        "[limits]\nmax_message_bytes = 1024\nmax_labels = 0\nmax_tokens = 1\nmax_charge_usd = 0.000001"
+    ),
+    "limits at the top": "[limits]\nmax_labels = 1024\nmax_label_value_len = 65536\nmax_tokens = 4294967295",
+    "max charge at the top": "[limits]\nmax_charge_usd = 1000000",
+    "monthly limit at the top": (
+        '[routing.budget]\nmonthly_limit_usd = 1e9\n[routing.budget.tenants]\n"t" = 1e9'
+    ),
+    "one nano-USD": '[routing.budget]\nmonthly_limit_usd = 0.000000001\n[routing.budget.tenants]\n"t" = 1e-9',
+    "zero is no limit": '[routing.budget]\nmonthly_limit_usd = 0\n[routing.budget.tenants]\n"t" = 0',
+    "built-in prices are not held to max_model_len": "[limits]\nmax_model_len = 16",
+    "cost cap 0 means free only": '[[routing.policies]]\nmodel_pattern = "x"\nmax_cost_per_request = 0',
+    "cost cap at the top": '[[routing.policies]]\nmodel_pattern = "x"\nmax_cost_per_request = 1000000',
+    "price at the top with few tokens": (
+        '[limits]\nmax_tokens = 4000000\n[pricing."m"]\ninput_per_1k = 1000\noutput_per_1k = 1000'
+    ),
+    "durations at the top": (
+        "[quality]\nwindow_seconds = 604800\ncooldown_seconds = 86400\nttft_penalty_threshold_ms = 3600000\n"
+        "min_requests = 1000000\n[health_check]\ninterval_seconds = 86400\ntimeout_seconds = 3600\n"
+        "failure_threshold = 1000\nrecovery_threshold = 1000\n"
+        "[routing.budget]\nreconciliation_interval_secs = 86400"
+    ),
+    "unix socket listen": '[server]\nlisten = "unix:/run/nexus.sock"',
+    "ipv6 listen": '[server]\nlisten = "[::1]:50051"\n[telemetry]\nprometheus_listen = "[::]:9464"',
+    "hostname listen": '[telemetry]\nprometheus_listen = "metrics.internal:9464"',
+    "redis urls": '[ledger]\nkind = "memory"\nurl = "rediss://:secret@redis.internal:6380/2"',
+    "unicode model names": (
+        '[routing.aliases]\n"modèle" = "llama3:70b"\n[routing.fallbacks]\n"org/m:tag" = ["ölm"]'
+    ),
+    "backend url with a path": '[[backends]]\nid = "b"\nurl = "https://[2001:db8::1]:8443/v1"\ntype = "vllm"',
+}
+
+
+@pytest.mark.parametrize("text", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_values_at_the_edges_of_their_ranges_load(text: str, tmp_path: Path) -> None:
+    load_config_text(text, source=FILE, base_dir=tmp_path)
+
+
+def test_money_at_one_nano_usd() -> None:
+    text = '[routing.budget]\nmonthly_limit_usd = 0.000000001\n[routing.budget.tenants]\n"t" = 2e-9'
+    budget = load_config_text(text).routing.budget
+    assert budget is not None
+    assert (budget.monthly_limit_nano, budget.tenants) == (1, {"t": 2})
+
+
+def test_new_keys() -> None:
+    text = (
+        "[server]\nmax_concurrent_streams = 8\n[routing]\nallow_empty_fleet = true\n"
+        "[limits]\nmax_charge_usd = 2.5"
+    )
+    c = load_config_text(text, source=FILE)
+    assert (c.server.max_concurrent_streams, c.server.max_concurrent_rpcs) == (8, 1024)
+    assert c.routing.allow_empty_fleet is True
+    assert c.limits.max_charge_usd == 2.5
+    assert c.warnings == (NO_FLEET,)  # allowed, still worth a warning
+
+
+def test_no_fleet_warning_with_a_backend() -> None:
+    assert load_config_text(GPU).warnings == ()
+
+
+def test_ledger_files_that_are_fine(files: Path, tmp_path: Path) -> None:
+    for path in ("ledger.db", "empty.db", str(tmp_path / "new" / "deeper" / "ledger.db"), "fresh.db"):
+        assert load_config_text(f'[ledger]\npath = "{path}"', base_dir=files).ledger.path == files / path
+    # the memory ledger never opens its path, so it is not checked
+    assert (
+        load_config_text('[ledger]\nkind = "memory"\npath = "adir"', base_dir=files).ledger.kind == "memory"
+    )
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_decision_logs_that_are_fine(files: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "decisions.jsonl"
+    existing.write_text("")
+    for value, expected in (
+        ("-", "-"),
+        ("", ""),
+        (str(existing), str(existing)),
+        ("new.jsonl", str(files / "new.jsonl")),
+    ):
+        assert (
+            load_config_text(f'[telemetry]\ndecision_log = "{value}"', base_dir=files).telemetry.decision_log
+            == expected
+        )
+
+
+def test_tls_with_a_client_ca(files: Path) -> None:
+    text = '[server.tls]\ncert = "server.pem"\nkey = "server.key"\nclient_ca = "server.pem"'
+    tls = load_config_text(text, base_dir=files).server.tls
+    assert tls is not None
+    assert tls.client_ca == files / "server.pem"
+
+
+def test_key_paths_escape_what_a_terminal_would_not_show() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text('[routing.aliases]\n"a\\u202eb" = "x"', source=FILE)
+    assert str(info.value) == (
+        f'{FILE}: routing.aliases."a\\u202eb": must not contain the invisible or control character U+202E'
+    )

@@ -75,7 +75,7 @@ def test_budget_status(used: int, limit: int, soft: float, status: BudgetStatus)
     [(100, 75.0), (100, 33.3), (100, 64.4), (50, 64.9), (1000, 66.4), (100, 1.1), (7, 2.2)],
 )
 def test_soft_limit_is_inclusive_for_decimal_percentages(limit_usd: int, soft: float) -> None:
-    """Exactly soft% of the limit is SOFT_LIMIT (SPEC §5.1, inclusive), also when the
+    """Exactly soft% of the limit is SOFT_LIMIT, also when the
     percentage (e.g. 64.4) has no exact binary float representation."""
     limit = limit_usd * USD
     # the exact threshold in nano-USD: limit * soft / 100, computed in integers from the decimal text

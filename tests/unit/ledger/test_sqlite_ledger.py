@@ -10,11 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of, previous_month
+from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of
 from nexus_grpc.ledger.factory import make_ledger
 from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.ledger.redis import RedisLedger
@@ -73,31 +74,30 @@ def test_restart_keeps_spend_reservations_and_idempotency(tmp_path: Path) -> Non
 
 def test_idempotency_keys_older_than_last_month_are_pruned_on_start(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    last = previous_month(MONTH)
+    jan, feb, mar, apr = (datetime(2026, m, 15, tzinfo=UTC).timestamp() for m in (1, 2, 3, 4))
+    clock = [jan]
 
     async def seed() -> None:
-        ledger = SqliteLedger(path)
+        ledger = SqliteLedger(path, wall=lambda: clock[0])
         await ledger.start()
-        await ledger.settle("recent", [G], 1, MONTH, estimated=False)
-        await ledger.settle("ancient", [G], 1, MONTH, estimated=False)
-        await ledger.settle("last", [G], 1, MONTH, estimated=False)
+        for wall, key in ((jan, "ancient"), (feb, "last"), (mar, "recent")):
+            clock[0] = wall  # a charge remembers the month it was created in
+            await ledger.settle(key, [G], 1, "2026-01", estimated=False)
         await ledger.close()
+
+    async def restart(wall: float) -> set[str]:
+        ledger = SqliteLedger(path, wall=lambda: wall)
+        await ledger.start()  # prunes keys created before last month
+        assert await ledger.settle("recent", [G], 5, "2026-01", estimated=False) == SettleResult(
+            False, 1, False
+        )
+        await ledger.close()
+        with sqlite3.connect(path) as conn:
+            return {row[0] for row in conn.execute("SELECT decision_key FROM ledger_charges")}
 
     asyncio.run(seed())
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE ledger_charges SET created_month = '2001-01' WHERE request_id = 'ancient'")
-        conn.execute("UPDATE ledger_charges SET created_month = ? WHERE request_id = 'last'", (last,))
-
-    async def restart() -> None:
-        ledger = SqliteLedger(path)
-        await ledger.start()  # prunes
-        assert await ledger.settle("recent", [G], 5, MONTH, estimated=False) == SettleResult(False, 1, False)
-        await ledger.close()
-
-    asyncio.run(restart())
-    with sqlite3.connect(path) as conn:
-        kept = {row[0] for row in conn.execute("SELECT request_id FROM ledger_charges")}
-    assert kept == {"recent", "last"}
+    assert asyncio.run(restart(mar)) == {"last", "recent"}
+    assert asyncio.run(restart(apr)) == {"recent"}
 
 
 def test_two_instances_on_one_file_see_each_other_after_refresh(tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ def test_every_acknowledged_settle_survives_kill_9_exactly_once(tmp_path: Path) 
 def test_switching_to_wal_waits_out_another_process_holding_the_lock(tmp_path: Path) -> None:
     """`serve --workers N` opens one new ledger file from N processes at once; the WAL switch
     needs an exclusive lock and sqlite answers "locked" at once instead of waiting."""
-    from nexus_grpc.ledger.journal import _enable_wal
+    from nexus_grpc.ledger.sqlite_thread import _enable_wal
 
     path = tmp_path / "fresh.db"
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

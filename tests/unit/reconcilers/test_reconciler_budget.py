@@ -134,7 +134,7 @@ def test_zero_limit_means_no_limit() -> None:
 @pytest.mark.parametrize(
     ("b", "tokens_in", "max_out", "expected_nano"),
     [
-        # SPEC §5.2: gpt-4-turbo, 1000 in, no max_output -> 500 out -> 0.01 + 0.015 USD
+        # gpt-4-turbo, 1000 in, no max_output -> 500 out -> 0.01 + 0.015 USD
         (backend("c", type="openai", models=("gpt-4-turbo",)), 1000, 0, 25_000_000),
         # the same on a restricted backend -> 0
         (backend("c", type="ollama", models=("gpt-4-turbo",)), 1000, 0, 0),

@@ -1,4 +1,4 @@
-"""Active health checks (SPEC §3 `[health_check]`): paths, headers, the HTTP client, the status
+"""Active health checks: paths, headers, the HTTP client, the status
 machine with its thresholds, sticky admin states, the latency EMA and discovered models.
 
 The HTTP side runs against a scripted asyncio server on a free loopback port (same loop)."""
