@@ -1,4 +1,4 @@
-"""Envoy headers and OpenAI-style bodies → DecisionRequest (SPEC §6)."""
+"""Envoy headers and OpenAI-style bodies → DecisionRequest."""
 
 from __future__ import annotations
 
