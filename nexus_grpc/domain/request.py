@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
 
 from nexus_grpc.domain.enums import Priority, PrivacyZone, TierMode
 
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
-@dataclass(frozen=True, slots=True)
-class DecisionRequest:
+
+class DecisionRequest(NamedTuple):
+    """A request to route, validated. A named tuple: immutable and the cheapest value to build on
+    the decision path."""
+
     request_id: str
     model: str
     estimated_input_tokens: int = 0
@@ -23,7 +29,7 @@ class DecisionRequest:
     min_tier: int = 0
     priority: Priority = Priority.UNSPECIFIED
     tenant: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = _NO_LABELS
 
     @property
     def output_tokens(self) -> int:

@@ -78,9 +78,12 @@ def text(value: str, field: str, limit: int, *, required: bool = False, allow_sp
         if required:
             raise FieldError(field, "is required and must not be empty")
         return value
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > limit:
-        raise FieldError(field, f"is {size} bytes; at most {limit} allowed")
+    if len(value) * 4 > limit:  # only then can the UTF-8 form exceed the limit
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise FieldError(field, f"is {size} bytes; at most {limit} allowed")
+    if value.isprintable() and (allow_space or " " not in value) and value[0] != " " and value[-1] != " ":
+        return value  # the common case, checked in C: no control, format or separator character
     bad = _bad_char(value, allow_space=allow_space)
     if bad is not None:
         raise FieldError(field, f"must not contain {bad}")
