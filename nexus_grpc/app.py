@@ -53,6 +53,7 @@ from nexus_grpc.state.reload import ConfigWatcher
 from nexus_grpc.state.server import ServerState
 from nexus_grpc.telemetry.decision_log import DecisionLog
 from nexus_grpc.telemetry.prometheus import serve_metrics
+from nexus_grpc.telemetry.tracing import Tracing
 
 log = logging.getLogger("nexus_grpc")
 # sections that need a restart; a reload reports a change to them and keeps the running values
@@ -97,6 +98,7 @@ class Runtime:
             listen=server.listen,
         )
         self.gate = Gate(self.state)
+        self.tracing: Tracing | None = None
         self.port = 0
         self.server: grpc.aio.Server | None = None
         self.metrics_server: Any = None
@@ -217,7 +219,7 @@ class Runtime:
             register(
                 server,
                 decision_pb2_grpc.add_DecisionServiceServicer_to_server,
-                DecisionServicer(self.engine, self.state.overloaded),
+                DecisionServicer(self.engine, self.state.overloaded, self.tracing),
                 gate,
             )
         ]
@@ -296,6 +298,14 @@ class Runtime:
 
     def _start_telemetry(self) -> None:
         telemetry = self.config.telemetry
+        if Tracing.enabled(telemetry):
+            self.tracing = Tracing(telemetry)
+            self.gate.tracing = self.tracing
+            log.info(
+                "tracing: spans to %s (sample ratio %g, parent-based)",
+                self.tracing.endpoint,
+                telemetry.trace_sample_ratio,
+            )
         if telemetry.decision_log:
             self.engine.decision_log = DecisionLog(telemetry.decision_log)
         if telemetry.prometheus_listen:
@@ -312,6 +322,9 @@ class Runtime:
         if self.engine.decision_log is not None:
             self.engine.decision_log.close()
             self.engine.decision_log = None
+        if self.tracing is not None:
+            self.tracing.shutdown()  # spans still queued are exported first
+            self.tracing = None
 
     def _warn_if_open(self) -> None:
         """Listening beyond loopback with no admin token: say what that means, at once."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nexus_grpc.config import _reader
-from nexus_grpc.config._reader import Context, Table, resolve_path, shown, text_rule
+from nexus_grpc.config._reader import Context, Table, resolve_path, shown
 from nexus_grpc.config.schema import (
     EXPOSE_REASONS,
     LEDGER_KINDS,
@@ -170,7 +170,7 @@ def telemetry(t: Table | None, ctx: Context) -> TelemetryConfig:
         log_path = t.path_value("decision_log", ctx.base_dir)
         decision_log = str(log_path) if log_path is not None else d.decision_log
     otlp_endpoint = t.string("otlp_endpoint", d.otlp_endpoint)
-    if otlp_endpoint and not t.check("otlp_endpoint", otlp_endpoint, text_rule(2048, allow_space=False)):
+    if otlp_endpoint and not t.check("otlp_endpoint", otlp_endpoint, validate.http_url):
         otlp_endpoint = d.otlp_endpoint
     result = TelemetryConfig(
         prometheus_listen=address(

@@ -136,6 +136,7 @@ class Decision(NamedTuple):
     stages: tuple[StageTrace, ...] = ()
     scores: tuple[CandidateScore, ...] = ()
     stage_durations_ns: tuple[tuple[str, int], ...] = ()
+    stage_funnel: tuple[tuple[int, int], ...] = ()  # candidates in and out, per entry above
     # Server-issued id of a Route taken by Decide (its accounting key); "" otherwise.
     decision_id: str = ""
     # When `exclusions` holds only the first of them (an indexed decision): how many there were

@@ -43,6 +43,7 @@ class _Run:
     wait_ms: int | None  # queue wait when some compliant backend was only LOADING/SATURATED
     wait_backend: str
     durations: list[tuple[str, int]]
+    funnel: list[tuple[int, int]]
 
 
 class FastPath(Protocol):
@@ -120,12 +121,14 @@ class Pipeline:
             stages=tuple(itertools.chain.from_iterable(r.traces for r in runs)),
             scores=tuple(itertools.chain.from_iterable(r.intent.scores for r in runs)),
             stage_durations_ns=tuple(itertools.chain.from_iterable(r.durations for r in runs)),
+            stage_funnel=tuple(itertools.chain.from_iterable(r.funnel for r in runs)),
             decision_id=decision_id if isinstance(verdict, Route) else "",
         )
 
     def _run(self, intent: Intent, snap: Snapshot) -> _Run:
         traces: list[StageTrace] = []
         durations: list[tuple[str, int]] = []
+        funnel: list[tuple[int, int]] = []
         failed_closed = False
         clock = time.perf_counter_ns
         for stage in self.stages:
@@ -145,6 +148,7 @@ class Pipeline:
             self.stage_ns[stage.name] += elapsed
             self.stage_runs[stage.name] += 1
             durations.append((stage.name, elapsed))
+            funnel.append((before, len(intent.candidates)))
             if intent.trace:
                 new_notes = {k: v for k, v in intent.notes.items() if notes_before.get(k) != v}  # type: ignore[union-attr]
                 traces.append(
@@ -161,7 +165,7 @@ class Pipeline:
             if failed_closed:
                 break
         wait, wait_backend = self._queue_wait(intent, snap)
-        return _Run(intent, failed_closed, traces, wait, wait_backend, durations)
+        return _Run(intent, failed_closed, traces, wait, wait_backend, durations, funnel)
 
     @staticmethod
     def _fail_closed(intent: Intent, stage: str, exc: Exception) -> None:

@@ -226,6 +226,7 @@ class RankedSet:
             c.live.watchers.append(self)
             self._classify(c, now)
         self.privacy_out = tuple(privacy)
+        self.size = len(fleet.candidates.get(model, ()))
 
     def detach(self) -> None:
         for live in self._by_live:
@@ -369,6 +370,7 @@ class RankedSet:
             exclusions=tuple(shown),
             scopes=scopes_for(request.tenant),
             stage_durations_ns=((INDEX, time.perf_counter_ns() - t0),),
+            stage_funnel=((self.size, survivors),),
             decision_id=decision_id,
             exclusions_total=sum(counts.values()),
             exclusion_counts=tuple(counts.items()),

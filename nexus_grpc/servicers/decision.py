@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,14 +21,21 @@ from nexus_grpc.servicers.convert import (
     request_from_proto,
 )
 from nexus_grpc.servicers.wire import decide_response
+from nexus_grpc.telemetry.tracing import Tracing
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class DecisionServicer(dgrpc.DecisionServiceServicer):
-    def __init__(self, engine: DecisionEngine, overloaded: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        engine: DecisionEngine,
+        overloaded: Callable[[], bool] = lambda: False,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.engine = engine
         self.overloaded = overloaded  # near max_concurrent_rpcs: shed all but HIGH priority
+        self.tracing = tracing  # set: decisions annotate their RPC's span
 
     def _require_tenant(self) -> bool:
         budget = self.engine.config.routing.budget
@@ -39,12 +47,21 @@ class DecisionServicer(dgrpc.DecisionServiceServicer):
         req = request_from_proto(request, self.engine.config.limits, require_tenant=self._require_tenant())
         if req.priority != Priority.HIGH and self.overloaded():
             raise Overloaded("server near max_concurrent_rpcs: shedding normal-priority decisions")
-        return decide_response(await self.engine.decide(req))
+        if self.tracing is None:
+            return decide_response(await self.engine.decide(req))
+        started = time.time_ns()
+        decision = await self.engine.decide(req)
+        self.tracing.decision(decision, started, req.tenant)
+        return decide_response(decision)
 
     @rpc
     async def Explain(self, request: dpb.ExplainRequest, context: Ctx) -> dpb.ExplainResponse:
         req = request_from_proto(request, self.engine.config.limits, require_tenant=self._require_tenant())
-        return explain_to_proto(self.engine.explain(req))
+        started = time.time_ns()
+        decision = self.engine.explain(req)
+        if self.tracing is not None:
+            self.tracing.decision(decision, started, req.tenant)
+        return explain_to_proto(decision)
 
     @rpc
     async def ReportOutcome(
@@ -52,6 +69,8 @@ class DecisionServicer(dgrpc.DecisionServiceServicer):
     ) -> dpb.ReportOutcomeResponse:
         outcome = outcome_from_proto(request, self.engine.config.limits)
         result = await self.engine.report_outcome(outcome)
+        if self.tracing is not None:
+            self.tracing.outcome(result.decision_id, result.settle.recorded, result.settle.charged_nano)
         return dpb.ReportOutcomeResponse(
             recorded=result.settle.recorded,
             cost_usd=result.settle.charged_nano / NANO,

@@ -27,6 +27,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from nexus_grpc.state.server import ServerState
+from nexus_grpc.telemetry.tracing import Tracing, finish_rpc
 
 log = logging.getLogger("nexus_grpc")
 
@@ -92,9 +93,12 @@ def _same(token: str | None, expected: str) -> bool:
 
 
 class Gate:
-    def __init__(self, state: ServerState, malformed: MalformedLog | None = None) -> None:
+    def __init__(
+        self, state: ServerState, malformed: MalformedLog | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.state = state
         self.malformed = malformed or MalformedLog()
+        self.tracing = tracing  # set: every RPC wrapped after this gets a SERVER span
 
     def refusal(self, method: str, context: Ctx) -> tuple[grpc.StatusCode, str] | None:
         """Why this RPC may not run, or None."""
@@ -127,6 +131,8 @@ class Gate:
             behavior = self._stream(method, handler)
         else:
             behavior = self._unary(method, handler.unary_unary)
+        if self.tracing is not None and not inspect.isasyncgenfunction(behavior):
+            behavior = _traced(self.tracing, method, behavior)
         factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
         built: Handler = factory(
             behavior,
@@ -213,6 +219,30 @@ class Gate:
                 st.streams_active -= 1
 
         return coroutine
+
+
+def _traced(tracing: Tracing, method: str, behavior: Any) -> Any:
+    """The RPC inside its SERVER span, which ends with the RPC's status code."""
+
+    async def traced(request: Any, context: Ctx) -> Any:
+        with tracing.rpc(method, context.invocation_metadata()) as span:
+            try:
+                result = await behavior(request, context)
+            except grpc.aio.AbortError:
+                finish_rpc(span, _code_name(context))
+                raise
+            except BaseException:
+                finish_rpc(span, "UNKNOWN")
+                raise
+            finish_rpc(span, _code_name(context, "OK"))
+            return result
+
+    return traced
+
+
+def _code_name(context: Ctx, default: str = "UNKNOWN") -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else default
 
 
 _FACTORIES: dict[tuple[bool, bool], Any] = {
