@@ -94,7 +94,7 @@ class LiveBackend:
         self.status = status
         self.admin_status: BackendStatus | None = None  # admin-set DRAINING/UNHEALTHY sticks
         self.reason = ""
-        self.in_flight: dict[str, float] = {}  # request_id -> expiry (monotonic)
+        self.in_flight: dict[str, float] = {}  # decision_id -> expiry (monotonic)
         self.latency_ema_ms = 0.0
         self.loading_eta_at: float | None = None  # monotonic time the loading ETA runs out
         self.loading_progress: int | None = None
