@@ -39,6 +39,7 @@ from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.pipeline.budget import GLOBAL
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.reconcilers import default_stages
+from nexus_grpc.reconcilers.index import RouteIndex
 from nexus_grpc.servicers.admin import AdminServicer
 from nexus_grpc.servicers.budget import BudgetServicer
 from nexus_grpc.servicers.decision import DecisionServicer
@@ -83,7 +84,8 @@ class Runtime:
         self.config_path = config_path
         self.demo = config_path is None and config.source == "<demo>"
         self.registry = Registry(config, time.monotonic)
-        self.engine = DecisionEngine(self.registry, Pipeline(default_stages()), make_ledger(config))
+        pipeline = Pipeline(default_stages(), fast=RouteIndex())
+        self.engine = DecisionEngine(self.registry, pipeline, make_ledger(config))
         self.health = health_aio.HealthServicer()
         self.config_loaded_at = _iso_now()
         server = config.server

@@ -138,6 +138,14 @@ class Decision(NamedTuple):
     stage_durations_ns: tuple[tuple[str, int], ...] = ()
     # Server-issued id of a Route taken by Decide (its accounting key); "" otherwise.
     decision_id: str = ""
+    # When `exclusions` holds only the first of them (an indexed decision): how many there were
+    # in all, and how many per (stage, code). Otherwise None and () (derived from `exclusions`).
+    exclusions_total: int | None = None
+    exclusion_counts: tuple[tuple[tuple[str, ExclusionCode], int], ...] = ()
+
+    @property
+    def exclusion_count(self) -> int:
+        return len(self.exclusions) if self.exclusions_total is None else self.exclusions_total
 
     @property
     def route(self) -> Route | None:

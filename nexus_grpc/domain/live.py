@@ -7,7 +7,7 @@ Times are monotonic seconds, injected by the caller.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from nexus_grpc.domain.enums import BackendStatus
 
@@ -63,50 +63,112 @@ class OutcomeStats:
         avg = self.ttft_sum / self.ttft_n if self.ttft_n else 0.0
         return self.count, self.failures, avg
 
+    def next_expiry(self) -> float | None:
+        """When the oldest bucket leaves the window (the counts and the TTFT average change
+        then without any new outcome); None when the window is empty."""
+        if not self._buckets:
+            return None
+        return (self._buckets[0][0] + STAT_BUCKETS) * self._width
+
     def reset(self) -> None:
         self._buckets.clear()
         self.count = self.failures = self.ttft_n = 0
         self.ttft_sum = 0.0
 
 
+class Watcher(Protocol):
+    """Told when a backend's live state changed (the route index keeps its ranking current)."""
+
+    def changed(self, live: LiveBackend) -> None: ...
+
+
+class Slots(dict[str, float]):
+    """In-flight decisions on one backend (decision id -> expiry, monotonic). Every change is
+    told to the backend's watchers: the load score and saturation depend on it."""
+
+    __slots__ = ("_live",)
+
+    def __init__(self, live: LiveBackend) -> None:
+        super().__init__()
+        self._live = live
+
+    def __setitem__(self, key: str, value: float) -> None:
+        super().__setitem__(key, value)
+        self._live.touch()
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._live.touch()
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        value = super().pop(key)
+        self._live.touch()
+        return value
+
+    def clear(self) -> None:
+        super().clear()
+        self._live.touch()
+
+
 class LiveBackend:
-    """Mutable live state of one backend id; survives config reloads while the id remains."""
+    """Mutable live state of one backend id; survives config reloads while the id remains.
+    Whatever changes it — a slot taken or freed, an outcome, a probe, a status — tells its
+    watchers (`touch`)."""
 
     __slots__ = (
+        "_breaker_since",
+        "_latency_ema_ms",
         "admin_status",
-        "breaker_since",
-        "exclusion_cache",
         "in_flight",
-        "latency_ema_ms",
-        "loading_cache",
         "loading_eta_at",
         "loading_progress",
         "probe_failures",
         "probe_successes",
-        "quality_cache",
         "reason",
         "stats",
         "status",
         "version",
+        "watchers",
     )
 
     def __init__(self, status: BackendStatus, window_seconds: float) -> None:
+        self.watchers: list[Watcher] = []
         self.status = status
         self.admin_status: BackendStatus | None = None  # admin-set DRAINING/UNHEALTHY sticks
         self.reason = ""
-        self.in_flight: dict[str, float] = {}  # decision_id -> expiry (monotonic)
-        self.latency_ema_ms = 0.0
+        self.in_flight = Slots(self)  # decision id -> expiry (monotonic)
+        self._latency_ema_ms = 0.0
         self.loading_eta_at: float | None = None  # monotonic time the loading ETA runs out
         self.loading_progress: int | None = None
         self.stats = OutcomeStats(window_seconds)
-        self.breaker_since: float | None = None  # quality breaker opened (or last trial) at
+        self._breaker_since: float | None = None  # quality breaker opened (or last trial) at
         self.probe_failures = 0
         self.probe_successes = 0
         self.version = 0  # bumped on every status change
-        # (version, model, prepared exclusion) for the scheduler's status reasons
-        self.exclusion_cache: tuple[int, str, Any] | None = None
-        self.quality_cache: tuple[tuple[str, int, int], Any] | None = None
-        self.loading_cache: tuple[tuple[int, str, int], Any] | None = None
+
+    def touch(self) -> None:
+        for watcher in self.watchers:
+            watcher.changed(self)
+
+    @property
+    def latency_ema_ms(self) -> float:
+        return self._latency_ema_ms
+
+    @latency_ema_ms.setter
+    def latency_ema_ms(self, value: float) -> None:
+        self._latency_ema_ms = value
+        self.touch()
+
+    @property
+    def breaker_since(self) -> float | None:
+        return self._breaker_since
+
+    @breaker_since.setter
+    def breaker_since(self, value: float | None) -> None:
+        self._breaker_since = value
+        self.touch()
 
     def loading_eta_ms(self, now: float) -> int:
         """Remaining ETA; counts down from when it was set, stays 0 (still LOADING) when run out."""
@@ -116,10 +178,10 @@ class LiveBackend:
 
     def observe_latency(self, sample_ms: float) -> None:
         """EMA kept as a float: new = (sample + 4*old)/5, first sample taken as is."""
-        if self.latency_ema_ms == 0.0:
+        if self._latency_ema_ms == 0.0:
             self.latency_ema_ms = float(sample_ms)
         else:
-            self.latency_ema_ms = (sample_ms + 4 * self.latency_ema_ms) / 5
+            self.latency_ema_ms = (sample_ms + 4 * self._latency_ema_ms) / 5
 
     def set_status(
         self, status: BackendStatus, *, eta_ms: int | None, progress: int | None, now: float, reason: str = ""
@@ -133,3 +195,4 @@ class LiveBackend:
             self.loading_eta_at = None
             self.loading_progress = None
         self.version += 1
+        self.touch()

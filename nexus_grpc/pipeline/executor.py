@@ -4,9 +4,12 @@ state into Route, Queue or Reject — in one place, `_verdict`."""
 from __future__ import annotations
 
 import itertools
+import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from nexus_grpc.domain.decision import (
     CostEstimate,
@@ -22,11 +25,14 @@ from nexus_grpc.domain.decision import (
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, RejectCode
 from nexus_grpc.domain.months import next_month_start
 from nexus_grpc.domain.request import DecisionRequest
+from nexus_grpc.pipeline import intent as intent_module
 from nexus_grpc.pipeline.budget import request_views, scopes_for
 from nexus_grpc.pipeline.intent import Intent, Reconciler
 from nexus_grpc.pipeline.snapshot import Snapshot
 
 MAX_EXCLUSIONS = 50
+INDEX = "RouteIndex"  # the name the fast path's time is reported under (metrics, decision log)
+log = logging.getLogger("nexus_grpc")
 
 
 @dataclass(slots=True)
@@ -39,15 +45,46 @@ class _Run:
     durations: list[tuple[str, int]]
 
 
+class FastPath(Protocol):
+    """Decides the common case without running the stages one by one, or returns None. It must
+    decide exactly what the stages would (checked with NEXUS_VERIFY=1)."""
+
+    def route(self, request: DecisionRequest, snap: Snapshot) -> Decision | None: ...
+
+
 class Pipeline:
-    def __init__(self, stages: Sequence[Reconciler]) -> None:
+    def __init__(self, stages: Sequence[Reconciler], *, fast: FastPath | None = None) -> None:
         self.stages = tuple(stages)
         self.stage_names = tuple(s.name for s in self.stages)
+        self.fast = fast
         # aggregated per-stage time (ns) and runs, read by telemetry at scrape time
         self.stage_ns = dict.fromkeys(self.stage_names, 0)
         self.stage_runs = dict.fromkeys(self.stage_names, 0)
+        self._fast_failed = False
 
     def decide(self, request: DecisionRequest, snap: Snapshot, *, trace: bool = False) -> Decision:
+        """Route/Queue/Reject. Explain (`trace`) always runs stage by stage."""
+        if not trace and self.fast is not None:
+            t0 = time.perf_counter_ns()
+            try:
+                decided = self.fast.route(request, snap)
+            except Exception:  # never a crash: the stages decide instead (logged once)
+                if not self._fast_failed:
+                    log.exception("the route index failed; deciding stage by stage from now on")
+                    self._fast_failed = True
+                self.fast = None
+                decided = None
+            if decided is not None:
+                elapsed = time.perf_counter_ns() - t0
+                self.stage_ns[INDEX] = self.stage_ns.get(INDEX, 0) + elapsed
+                self.stage_runs[INDEX] = self.stage_runs.get(INDEX, 0) + 1
+                decided = decided._replace(stage_durations_ns=((INDEX, elapsed),))
+                if intent_module.VERIFY:
+                    _same_decision(decided, self._decide(request, snap, trace=False))
+                return decided
+        return self._decide(request, snap, trace=trace)
+
+    def _decide(self, request: DecisionRequest, snap: Snapshot, *, trace: bool) -> Decision:
         primary = self._run(Intent(request, request.model, trace=trace), snap)
         runs = [primary]
         routed = primary if primary.intent.winner is not None else None
@@ -230,6 +267,27 @@ class Pipeline:
 
 def _resolved_note(intent: Intent) -> str:
     return f" (resolved to '{intent.model}')" if intent.model != intent.requested else ""
+
+
+def _same_decision(fast: Decision, staged: Decision) -> None:
+    """The debug check of the fast path: the same verdict, estimate and budget, the same count
+    of exclusions per (stage, code), and only exclusions the stages made."""
+    assert fast.verdict == staged.verdict, (fast.verdict, staged.verdict)
+    assert (fast.cost_estimate, fast.budget, fast.scopes) == (
+        staged.cost_estimate,
+        staged.budget,
+        staged.scopes,
+    )
+    counts = Counter((e.reconciler, e.code) for e in staged.exclusions)
+    assert dict(fast.exclusion_counts) == dict(counts), (fast.exclusion_counts, counts)
+    assert not Counter(fast.exclusions) - Counter(staged.exclusions), fast.exclusions
+    assert len(fast.exclusions) == min(len(staged.exclusions), MAX_EXCLUSIONS)
+
+
+def shown_exclusions(decision: Decision, explain: bool) -> tuple[tuple[Exclusion, ...], int]:
+    """The exclusions a response carries and how many are left off."""
+    shown, omitted = cap_exclusions(decision.exclusions, explain)
+    return shown, omitted + decision.exclusion_count - len(decision.exclusions)
 
 
 def cap_exclusions(exclusions: tuple[Exclusion, ...], explain: bool) -> tuple[tuple[Exclusion, ...], int]:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import os
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from nexus_grpc.domain.decision import BudgetView, CandidateScore, Exclusion
 from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode
 from nexus_grpc.domain.request import DecisionRequest
-from nexus_grpc.pipeline.snapshot import Candidate, EffectivePolicy, Snapshot
+from nexus_grpc.pipeline.snapshot import Candidate, EffectivePolicy, Fleet, Snapshot
 
 MEMO_MAX = 50_000
-_UNKNOWN = object()
-StaticFilter = Callable[[Sequence[Candidate]], tuple[list[Candidate], list[Exclusion]]]
+# Recompute every memoized static result and compare (tests turn it on; see tests/conftest.py).
+VERIFY = os.environ.get("NEXUS_VERIFY", "") == "1"
+
+# A static rule judges one candidate on the fleet alone (never on live state or the request's
+# numbers): a module-level function whose extra arguments are exactly what its verdict depends
+# on, so (rule, args) is a complete memo key.
+StaticRule = Callable[..., Exclusion | None]
 
 
 class Intent:
-    """Stages narrow `candidates` (through `exclude`) and write the fields they own."""
+    """Stages narrow `candidates` (through `exclude`/`narrow`) and write the fields they own."""
 
     __slots__ = (
         "alternates",
@@ -26,6 +32,7 @@ class Intent:
         "chain",
         "exclusions",
         "initial",
+        "live_narrowed",
         "model",
         "notes",
         "policy",
@@ -54,9 +61,11 @@ class Intent:
         self.chain: tuple[str, ...] = (requested,)
         self.model = requested  # resolved model (RequestAnalyzer)
         self.policy = EffectivePolicy()
-        # a tuple while only static stages narrowed it (then stage results are memoized per fleet);
-        # a list once a stage narrowed it on live state
-        self.candidates: Sequence[Candidate] = ()
+        self.candidates: tuple[Candidate, ...] | list[Candidate] = ()
+        # False while only static rules narrowed the candidates: they are then a tuple the fleet
+        # memoizes, and the next static rule's whole result is reused. True once a stage narrowed
+        # them on live state or the request's numbers.
+        self.live_narrowed = False
         self.initial: tuple[Candidate, ...] = ()  # what the analyzer found
         self.exclusions: list[Exclusion] = []
         self.notes: dict[str, str] = {}
@@ -89,48 +98,75 @@ class Intent:
         return candidate.price.cost(request.estimated_input_tokens, request.output_tokens)
 
     def narrow(self, kept: list[Candidate]) -> None:
-        """Keep `kept`; an unchanged set keeps its (memoizable) tuple."""
+        """Keep `kept` (a stage judged live state or the request's numbers)."""
         if len(kept) != len(self.candidates):
             self.candidates = kept
+            self.live_narrowed = True
 
-    def apply_static(self, snap: Snapshot, key: Hashable, compute: StaticFilter) -> None:
-        """Run a filter that depends only on the fleet, `key` and the input set — once per fleet
-        version: the kept tuple and the prepared exclusions are reused by later requests."""
-        cands = self.candidates
-        memo = snap.fleet.memo
-        if type(cands) is not tuple:
-            # narrowed on live state: use the per-candidate verdicts (static filters judge each
-            # candidate on its own), prepared once per fleet version
-            table: dict[Candidate, Exclusion | None] | None = memo.get((key, "each"))
-            if table is None:
-                table = memo[(key, "each")] = {}
+    def apply_static(self, snap: Snapshot, rule: StaticRule, args: tuple[Hashable, ...]) -> None:
+        """Narrow by a static rule, computed once per fleet version: the kept tuple and the
+        prepared exclusions of a whole input set are reused by later requests."""
+        fleet = snap.fleet
+        if self.live_narrowed:
             kept: list[Candidate] = []
-            for c in cands:
-                verdict = table.get(c, _UNKNOWN)
-                if verdict is _UNKNOWN:
-                    _, excluded = compute((c,))
-                    verdict = table[c] = excluded[0] if excluded else None
+            for c in self.candidates:
+                verdict = static_verdict(fleet, rule, args, c)
                 if verdict is None:
                     kept.append(c)
                 else:
-                    self.exclusions.append(verdict)  # type: ignore[arg-type]
-            self.narrow(kept)
+                    self.exclusions.append(verdict)
+            self.candidates = kept
             return
-        full = (key, id(cands))
-        hit = memo.get(full)
+        cands = self.candidates
+        assert isinstance(cands, tuple)
+        memo = fleet.memo
+        key = (rule, args, id(cands))
+        hit = memo.get(key)
         if hit is None or hit[0] is not cands:
-            kept_all, excluded = compute(cands)
-            hit = (cands, cands if len(kept_all) == len(cands) else tuple(kept_all), tuple(excluded))
+            hit = (cands, *_judge_all(fleet, rule, args, cands))
             if len(memo) >= MEMO_MAX:
                 memo.clear()
-            memo[full] = hit  # holds `cands`, so its id cannot be reused while the entry lives
+            memo[key] = hit  # holds `cands`, so its id cannot be reused while the entry lives
+        elif VERIFY:
+            assert hit[1:] == _judge_all(fleet, rule, args, cands), (rule, args)
         self.candidates = hit[1]
         if hit[2]:
             self.exclusions.extend(hit[2])
 
 
+def static_verdict(
+    fleet: Fleet, rule: StaticRule, args: tuple[Hashable, ...], c: Candidate
+) -> Exclusion | None:
+    """One candidate's verdict under a static rule, memoized per fleet version."""
+    table: dict[Candidate, Exclusion | None] | None = fleet.memo.get((rule, args))
+    if table is None:
+        table = fleet.memo[(rule, args)] = {}
+    if c in table:
+        verdict = table[c]
+        if VERIFY:
+            assert verdict == rule(fleet, c, *args), (rule, args, c)
+        return verdict
+    verdict = table[c] = rule(fleet, c, *args)
+    return verdict
+
+
+def _judge_all(
+    fleet: Fleet, rule: StaticRule, args: tuple[Hashable, ...], cands: tuple[Candidate, ...]
+) -> tuple[tuple[Candidate, ...], tuple[Exclusion, ...]]:
+    kept: list[Candidate] = []
+    excluded: list[Exclusion] = []
+    for c in cands:
+        verdict = rule(fleet, c, *args)
+        if verdict is None:
+            kept.append(c)
+        else:
+            excluded.append(verdict)
+    return (cands if len(kept) == len(cands) else tuple(kept)), tuple(excluded)
+
+
 class Reconciler(Protocol):
-    """One stage. It may only narrow `intent.candidates` and annotate the intent; no I/O."""
+    """One stage. It may only narrow `intent.candidates` (one exclusion per dropped candidate)
+    and annotate the intent; no I/O, never a candidate added back."""
 
     name: str
     # True: if the stage raises, the decision goes on without it (budget fails open).

@@ -10,6 +10,7 @@ from typing import Any
 
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec
+from nexus_grpc.domain.decision import Exclusion
 from nexus_grpc.domain.enums import PrivacyZone
 from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import Price
@@ -38,6 +39,7 @@ class EffectivePolicy:
 
 
 UNLIMITED = 1 << 62
+REASONS_KEPT = 16  # prepared exclusions kept per candidate
 
 
 class Candidate:
@@ -54,6 +56,7 @@ class Candidate:
         "price",
         "priority",
         "priority_score",
+        "reasons",
         "tier",
         "zone",
     )
@@ -73,6 +76,18 @@ class Candidate:
         self.priority_score = 100 - min(backend.priority, 100)
         self.free = price.input_nano == 0 and price.output_nano == 0
         self.ctx_limit = model.context_length if model.context_length is not None else UNLIMITED
+        # exclusions prepared for this candidate, keyed by what their text depends on (a status
+        # version, an ETA step, window counts): built once, reused by every decision until then
+        self.reasons: dict[Hashable, Exclusion] = {}
+
+    def reason(self, key: Hashable, build: Callable[[], Exclusion]) -> Exclusion:
+        """The prepared exclusion for `key`, built on first use."""
+        found = self.reasons.get(key)
+        if found is None:
+            if len(self.reasons) >= REASONS_KEPT:
+                self.reasons.clear()
+            found = self.reasons[key] = build()
+        return found
 
     def __repr__(self) -> str:
         return f"Candidate({self.id!r}, {self.model.id!r})"

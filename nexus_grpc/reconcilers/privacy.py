@@ -2,46 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from nexus_grpc.domain.decision import Exclusion
 from nexus_grpc.domain.enums import ExclusionCode, PrivacyZone
 from nexus_grpc.pipeline.intent import Intent
-from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
+from nexus_grpc.pipeline.snapshot import Candidate, Fleet, Snapshot
 
+NAME = "PrivacyReconciler"
 _ZONE = {PrivacyZone.RESTRICTED: "restricted", PrivacyZone.OPEN: "open", PrivacyZone.UNSPECIFIED: "open"}
 
 
+def privacy_rule(fleet: Fleet, c: Candidate, model: str, requested: str, source: str) -> Exclusion | None:
+    """Static: under a restricted constraint (from `source`: "policy" or "request"), a backend
+    outside the restricted zone is excluded. A candidate the registry does not know counts as open."""
+    backend = fleet.by_id.get(c.id)
+    zone = backend.zone if backend is not None else PrivacyZone.OPEN
+    if zone == PrivacyZone.RESTRICTED:
+        return None
+    action = "use a backend in the restricted zone for this model" + (
+        ", or relax the policy" if source == "policy" else ", or drop the request's restricted privacy"
+    )
+    reason = f"backend zone {_ZONE[zone]} violates restricted {source} for model '{requested}'"
+    return Exclusion(c.id, model, NAME, ExclusionCode.PRIVACY_ZONE, reason, action)
+
+
+def privacy_source(intent: Intent) -> str | None:
+    """Where the restricted constraint comes from ("policy" wins), or None: unrestricted."""
+    if intent.policy.privacy == PrivacyZone.RESTRICTED:
+        return "policy"
+    if intent.request.privacy == PrivacyZone.RESTRICTED:
+        return "request"
+    return None
+
+
 class PrivacyReconciler:
-    name = "PrivacyReconciler"
+    name = NAME
     fail_open = False
 
     def reconcile(self, intent: Intent, snap: Snapshot) -> None:
-        by_policy = intent.policy.privacy == PrivacyZone.RESTRICTED
-        by_request = intent.request.privacy == PrivacyZone.RESTRICTED
-        if not (by_policy or by_request):
+        source = privacy_source(intent)
+        if source is None:
             intent.notes["privacy_constraint"] = "unrestricted"
             return
         intent.notes["privacy_constraint"] = "restricted"
-        source = "policy" if by_policy else "request"
-        action = "use a backend in the restricted zone for this model" + (
-            ", or relax the policy" if by_policy else ", or drop the request's restricted privacy"
-        )
-        by_id = snap.fleet.by_id
-        model, requested, name = intent.model, intent.requested, self.name
-
-        def compute(cands: Sequence[Candidate]) -> tuple[list[Candidate], list[Exclusion]]:
-            kept: list[Candidate] = []
-            excluded: list[Exclusion] = []
-            for c in cands:
-                backend = by_id.get(c.id)
-                # defensive: a candidate the registry does not know counts as open
-                zone = backend.zone if backend is not None else PrivacyZone.OPEN
-                if zone == PrivacyZone.RESTRICTED:
-                    kept.append(c)
-                    continue
-                reason = f"backend zone {_ZONE[zone]} violates restricted {source} for model '{requested}'"
-                excluded.append(Exclusion(c.id, model, name, ExclusionCode.PRIVACY_ZONE, reason, action))
-            return kept, excluded
-
-        intent.apply_static(snap, (name, source, requested, model), compute)
+        intent.apply_static(snap, privacy_rule, (intent.model, intent.requested, source))

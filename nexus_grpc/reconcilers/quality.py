@@ -1,55 +1,73 @@
-"""QualityReconciler: excludes backends whose recent error rate is too high (with half-open retry)."""
+"""QualityReconciler: excludes backends whose recent error rate is too high (with half-open retry).
+
+The statistics and the breaker are kept per backend by `state/quality.py` (fed only by outcomes of
+decisions this server made); this stage reads them. A backend is excluded while its window holds at
+least `min_requests` outcomes with an error rate at or above `error_rate_threshold`; once
+`cooldown_seconds` have passed since the breaker opened (or since the last trial) it passes for one
+trial request (half-open).
+"""
 
 from __future__ import annotations
 
 from nexus_grpc.config.schema import QualityConfig
 from nexus_grpc.domain.decision import Exclusion
 from nexus_grpc.domain.enums import ExclusionCode
+from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.pipeline.intent import Intent
 from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
 
+NAME = "QualityReconciler"
+PASS, TRIAL = 0, 1  # verdicts besides an excluded one: passes; passes as the half-open trial
 
-class QualityReconciler:
-    name = "QualityReconciler"
-    fail_open = False
 
-    def reconcile(self, intent: Intent, snap: Snapshot) -> None:
-        q = snap.fleet.config.quality
-        now = snap.now
-        minimum = max(q.min_requests, 1)
-        kept: list[Candidate] = []
-        for c in intent.candidates:
-            live = c.live
-            if live.stats.count < minimum:  # window totals only shrink as buckets expire
-                kept.append(c)
-                continue
-            count, failures, _ = live.stats.snapshot(now)
-            if count < minimum or failures < q.error_rate_threshold * count:
-                kept.append(c)
-                continue
-            since = live.breaker_since
-            if since is not None and now - since >= q.cooldown_seconds:
-                intent.notes[f"half_open:{c.id}"] = "trial"
-                kept.append(c)
-                continue
-            intent.exclusions.append(self._exclusion(c, intent.model, count, failures, q))
-        intent.narrow(kept)
+def quality_verdict(live: LiveBackend, now: float, q: QualityConfig) -> tuple[int, int] | int:
+    """PASS, TRIAL, or the window counts (outcomes, failures) that exclude the backend."""
+    minimum = max(q.min_requests, 1)
+    if live.stats.count < minimum:  # window totals only shrink as buckets expire
+        return PASS
+    count, failures, _ = live.stats.snapshot(now)
+    if count < minimum or failures < q.error_rate_threshold * count:
+        return PASS
+    since = live.breaker_since
+    if since is not None and now - since >= q.cooldown_seconds:
+        return TRIAL
+    return count, failures
 
-    def _exclusion(self, c: Candidate, model: str, count: int, failures: int, q: QualityConfig) -> Exclusion:
-        """Prepared once per (backend, model, window counts): reused until an outcome changes them."""
-        key = (model, count, failures)
-        cached = c.live.quality_cache
-        if cached is not None and cached[0] == key:
-            prepared: Exclusion = cached[1]
-            return prepared
-        exclusion = Exclusion(
+
+def quality_exclusion(c: Candidate, model: str, counts: tuple[int, int], q: QualityConfig) -> Exclusion:
+    """Prepared once per (backend, model, window counts)."""
+    count, failures = counts
+
+    def build() -> Exclusion:
+        return Exclusion(
             c.id,
             model,
-            self.name,
+            NAME,
             ExclusionCode.ERROR_RATE,
             f"error rate {failures / count:.0%} over the last {q.window_seconds:g}s "
             f"({failures} of {count} outcomes) is at or above {q.error_rate_threshold:.0%}",
             f"check the backend; it gets a trial request {q.cooldown_seconds:g}s after it was excluded",
         )
-        c.live.quality_cache = (key, exclusion)
-        return exclusion
+
+    return c.reason(("quality", count, failures), build)
+
+
+class QualityReconciler:
+    name = NAME
+    fail_open = False
+
+    def reconcile(self, intent: Intent, snap: Snapshot) -> None:
+        q = snap.fleet.config.quality
+        now = snap.now
+        kept: list[Candidate] = []
+        for c in intent.candidates:
+            verdict = quality_verdict(c.live, now, q)
+            if verdict == PASS:
+                kept.append(c)
+            elif verdict == TRIAL:
+                intent.notes[f"half_open:{c.id}"] = "trial"
+                kept.append(c)
+            else:
+                assert isinstance(verdict, tuple)
+                intent.exclusions.append(quality_exclusion(c, intent.model, verdict, q))
+        intent.narrow(kept)

@@ -17,7 +17,7 @@ from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import NANO, Price, PriceError
 from nexus_grpc.domain.request import DecisionRequest, Outcome
 from nexus_grpc.errors import FieldError
-from nexus_grpc.pipeline.executor import cap_exclusions
+from nexus_grpc.pipeline.executor import shown_exclusions
 from nexus_grpc.state.flights import DecisionIds, is_decision_id
 
 # Request ids generated for requests that bring none: a random prefix and a counter (no uuid per
@@ -145,7 +145,7 @@ def _reason_message(e: Exclusion) -> tpb.RejectionReason:
 
 
 def decision_to_proto(decision: Decision, *, explain: bool = False) -> dpb.DecideResponse:
-    shown, omitted = cap_exclusions(decision.exclusions, explain)
+    shown, omitted = shown_exclusions(decision, explain)
     reasons = [reason_to_proto(e) for e in shown]
     est = decision.cost_estimate
     out = dpb.DecideResponse(

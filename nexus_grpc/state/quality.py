@@ -25,14 +25,18 @@ def record_outcome(
         live.observe_latency(float(outcome.ttft_ms))
     if live.breaker_since is not None:
         if success:
-            live.breaker_since = None
             live.stats.reset()
+            live.breaker_since = None
         elif outcome.counts_as_failure:
             live.breaker_since = now
+        else:
+            live.touch()
         return
     count, failures, _ = live.stats.snapshot(now)
     if count and count >= q.min_requests and failures >= q.error_rate_threshold * count:
         live.breaker_since = now
+    else:
+        live.touch()  # the window and the TTFT average changed
 
 
 def trial_started(live: LiveBackend, now: float) -> None:

@@ -29,8 +29,13 @@ def record(
         "explain": explain,
         "pipeline_us": elapsed_ns // 1000,
         "stage_us": {name: ns // 1000 for name, ns in decision.stage_durations_ns},
-        "exclusion_codes": sorted({e.code.name.lower() for e in decision.exclusions}),
-        "excluded_backends": len({e.backend_id for e in decision.exclusions}),
+        "exclusion_codes": sorted(
+            {code.name.lower() for (_, code), _ in decision.exclusion_counts}
+            or {e.code.name.lower() for e in decision.exclusions}
+        ),
+        "excluded_backends": decision.exclusion_count
+        if decision.exclusion_counts
+        else len({e.backend_id for e in decision.exclusions}),
         "cost_estimate_usd": decision.cost_estimate.cost_nano / 1e9,
     }
     if isinstance(v, Route):

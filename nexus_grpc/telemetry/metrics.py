@@ -4,13 +4,10 @@ the Prometheus collector turns them into metric families when scraped."""
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import _count_elements  # type: ignore[attr-defined]  # C helper behind Counter
-from operator import attrgetter
 
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.enums import ExclusionCode
 
-_STAGE_CODE = attrgetter("reconciler", "code")
 CODE_LABEL = {code: code.name.lower() for code in ExclusionCode}
 
 # nexus_pipeline_duration_seconds buckets, in nanoseconds (10 µs .. 100 ms)
@@ -69,8 +66,14 @@ class Metrics:
     def record(self, decision: Decision, elapsed_ns: int) -> None:
         key = verdict_label(decision)
         self.decisions[key] = self.decisions.get(key, 0) + 1
-        if decision.exclusions:
-            _count_elements(self.exclusions, map(_STAGE_CODE, decision.exclusions))
+        counts = self.exclusions
+        if decision.exclusion_counts:
+            for stage_code, n in decision.exclusion_counts:
+                counts[stage_code] = counts.get(stage_code, 0) + n
+        else:
+            for e in decision.exclusions:
+                stage_code = (e.reconciler, e.code)
+                counts[stage_code] = counts.get(stage_code, 0) + 1
         self.pipeline_buckets[bisect_left(PIPELINE_BUCKETS_NS, elapsed_ns)] += 1
         self.pipeline_sum_ns += elapsed_ns
         self.pipeline_count += 1

@@ -43,6 +43,7 @@ from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.pipeline.intent import Reconciler
 from nexus_grpc.reconcilers import default_stages
+from nexus_grpc.reconcilers.index import RouteIndex
 from nexus_grpc.state.flights import Basis, Flight
 from nexus_grpc.state.registry import Registry
 from nexus_grpc.testing.clock import FakeClock, FakeWall
@@ -210,14 +211,19 @@ def engine(
     seed: int = 0,
     ledger: Ledger | None = None,
     stages: Sequence[Reconciler] | None = None,
+    indexed: bool = True,
 ) -> DecisionEngine:
-    """A DecisionEngine on a Registry, a Pipeline (default stages unless given) and a ledger
-    (a fresh MemoryLedger unless given), with fake time and a seeded RNG by default."""
+    """A DecisionEngine on a Registry, a Pipeline (default stages and the route index, unless
+    stages are given or `indexed` is False) and a ledger (a fresh MemoryLedger unless given),
+    with fake time and a seeded RNG by default."""
     clock = clock if clock is not None else FakeClock()
     wall = wall if wall is not None else FakeWall()
     return DecisionEngine(
         Registry(cfg, clock),
-        Pipeline(stages if stages is not None else default_stages()),
+        Pipeline(
+            stages if stages is not None else default_stages(),
+            fast=RouteIndex() if indexed and stages is None else None,
+        ),
         ledger if ledger is not None else MemoryLedger(),
         clock=clock,
         wall=wall,

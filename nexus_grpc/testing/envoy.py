@@ -82,8 +82,18 @@ def validate(config_text: str) -> subprocess.CompletedProcess[str]:
 class EnvoyProcess:
     """One Envoy on a rendered copy of `template`, on free ports, stopped on `stop()`/exit."""
 
-    def __init__(self, template: Path, values: Mapping[str, object], *, log_level: str = "warn") -> None:
+    def __init__(
+        self,
+        template: Path,
+        values: Mapping[str, object],
+        *,
+        log_level: str = "warn",
+        replace: Mapping[str, str] | None = None,
+    ) -> None:
+        """`replace` changes the rendered config, old text → new text, each old text exactly once
+        (a test shortening a shipped timeout says so, and fails if the shipped text changed)."""
         self.template = template
+        self.replace = dict(replace or {})
         self.port = free_port()
         self.admin_port = free_port()
         self.values = {"ENVOY_PORT": self.port, "ADMIN_PORT": self.admin_port, **values}
@@ -94,7 +104,12 @@ class EnvoyProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> EnvoyProcess:
-        self.config_path.write_text(render(self.template, self.values))
+        text = render(self.template, self.values)
+        for old, new in self.replace.items():
+            if text.count(old) != 1:
+                raise EnvoyError(f"{self.template.name}: {old!r} occurs {text.count(old)} times, not once")
+            text = text.replace(old, new)
+        self.config_path.write_text(text)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [

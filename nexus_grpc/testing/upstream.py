@@ -38,6 +38,7 @@ class Answer:
     usage: dict[str, int] | None = None
     delay: float = 0.0  # seconds before the response headers
     stream: bool = False  # answer with an SSE stream (chunked)
+    chunked: bool = False  # send the JSON answer chunked, without a content-length
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +103,14 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.dumps(document).encode()
         self.send_response(answer.status)
         self.send_header("content-type", "application/json")
+        if answer.chunked:
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(payload), 65536):
+                piece = payload[i : i + 65536]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)

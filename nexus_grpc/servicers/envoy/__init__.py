@@ -39,7 +39,7 @@ def add_envoy_servicers(engine: DecisionEngine, server: grpc.aio.Server, gate: G
         register(
             server,
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
-            ext_authz.ExtAuthzServicer(engine),
+            ext_authz.ExtAuthzServicer(engine, stats),
             gate,
         ),
     )

@@ -1,9 +1,13 @@
-"""envoy.service.auth.v3.Authorization: one Check per HTTP request (SPEC §6).
+"""envoy.service.auth.v3.Authorization: one Check per HTTP request.
 
 ext_authz has no response phase, so a Route takes no in-flight slot and charges its estimate at
 once under its decision id (a later ReportOutcome with that id, seen upstream in
 `x-nexus-decision-id`, settles it). Each Check is its own decision: a client's `x-request-id` is
-only a correlation label. Queue cannot hold here: it answers 503 + retry-after."""
+only a correlation label. Queue cannot hold here: it answers 503 + retry-after.
+
+With `[envoy] read_body` the body Envoy buffered into the Check (`with_request_body` in
+ext_authz.yaml) is read and checked exactly as ext_proc reads it; ext_authz cannot rewrite a
+body, so the backend receives the model the client wrote."""
 
 from __future__ import annotations
 
@@ -21,7 +25,14 @@ from nexus_grpc.domain.decision import Queue, Reject
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.errors import LedgerError, Overloaded
 from nexus_grpc.servicers.envoy import responses
-from nexus_grpc.servicers.envoy.mapping import HeaderError, build_request, fields_from_headers
+from nexus_grpc.servicers.envoy.mapping import (
+    EnvoyStats,
+    HeaderError,
+    apply_body,
+    build_request,
+    fields_from_headers,
+    request_id,
+)
 
 log = logging.getLogger("nexus_grpc")
 
@@ -38,12 +49,13 @@ def header_option(name: str, value: str) -> Any:
 
 
 def request_headers(request: Any) -> dict[str, str]:
-    """CheckRequest headers (lower-cased by Envoy), from `headers` or, with `encode_raw_headers`,
-    from `header_map`."""
+    """CheckRequest headers (lower-cased by Envoy), from `headers` or, with `encode_raw_headers`
+    (as ext_authz.yaml sets: `headers` turns bytes that are not UTF-8 into '!'), from
+    `header_map`, where such bytes become lone surrogates that the validator refuses."""
     http = request.attributes.request.http
     headers = {k.lower(): v for k, v in http.headers.items()}
     for h in http.header_map.headers:
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        value = h.raw_value.decode("utf-8", "surrogateescape") if h.raw_value else h.value
         key = h.key.lower()
         headers[key] = f"{headers[key]},{value}" if key in headers else value
     return headers
@@ -60,27 +72,39 @@ def denied(reply: responses.Reply) -> Any:
     )
 
 
+def request_body(request: Any) -> bytes:
+    """The body Envoy buffered into the Check: `raw_body` with `pack_as_bytes`, else `body`."""
+    http = request.attributes.request.http
+    return bytes(http.raw_body) if http.raw_body else http.body.encode("utf-8", "surrogateescape")
+
+
 class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, engine: DecisionEngine) -> None:
+    def __init__(self, engine: DecisionEngine, stats: EnvoyStats | None = None) -> None:
         self.engine = engine
+        self.stats = stats or EnvoyStats()
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        headers = request_headers(request)
+        rid = request_id(headers.get("x-request-id"), self.engine.config.limits.max_id_len)
         try:
-            return await self._check(request)
+            return await self._check(request, headers, rid)
         except (LedgerError, Overloaded) as exc:
-            rid = request.attributes.request.http.headers.get("x-request-id", "-")
             log.warning("ext_authz: %s (request id %s)", exc, rid)
             return denied(responses.error_reply(exc, rid))
         except Exception:
-            rid = request.attributes.request.http.headers.get("x-request-id", "-")
             log.exception("ext_authz: internal error (request id %s)", rid)
             return denied(responses.internal_error_reply(rid))
 
-    async def _check(self, request: Any) -> Any:
+    async def _check(self, request: Any, headers: dict[str, str], rid: str) -> Any:
         engine = self.engine
         config = engine.config
         try:
-            fields = fields_from_headers(request_headers(request), config.limits, adapter="envoy_ext_authz")
+            fields = fields_from_headers(headers, config.limits, adapter="envoy_ext_authz")
+            fields.request_id = rid
+            if config.envoy.read_body:
+                body = request_body(request)
+                if body:
+                    apply_body(fields, body, config.limits, self.stats, headers.get("content-type"))
             decide_request = build_request(fields, config)
         except HeaderError as exc:
             return denied(responses.bad_request_reply(exc))

@@ -1,6 +1,6 @@
-"""envoy.service.ext_proc.v3.ExternalProcessor: one gRPC stream per HTTP request (SPEC §6).
+"""envoy.service.ext_proc.v3.ExternalProcessor: one gRPC stream per HTTP request.
 
-request headers (→ buffered JSON body with `read_body`) → decide: Route = header mutations (and a
+request headers (→ the buffered body with `read_body`) → decide: Route = header mutations (and a
 body rewrite), Reject = immediate response, Queue = hold the stream (`override_message_timeout`)
 and decide again on every in-flight/backend change until `queue.max_wait_ms`. Response headers
 (→ buffered body with `read_response_usage`) → ReportOutcome; a stream that ends without a
@@ -35,7 +35,6 @@ from nexus_grpc.servicers.envoy.mapping import (
     apply_body,
     build_request,
     fields_from_headers,
-    is_json_type,
     rewrite_model,
     usage_tokens,
 )
@@ -45,16 +44,22 @@ log = logging.getLogger("nexus_grpc")
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
 OVERWRITE: int = base_pb2.HeaderValueOption.HeaderAppendAction.Value("OVERWRITE_IF_EXISTS_OR_ADD")
 BUFFERED: int = processing_mode_pb2.ProcessingMode.BodySendMode.Value("BUFFERED")
+NO_BODY: int = processing_mode_pb2.ProcessingMode.BodySendMode.Value("NONE")
 HOLD_MARGIN_S = 2.0  # the overridden message timeout outlasts the hold by this much
+# The largest response body read for its `usage`: Envoy's default buffer limit (1 MiB), which
+# every listener the body passes allows at least, unless an operator lowered it.
+USAGE_BODY_MAX = 1024 * 1024
 
 Send = Callable[[Any], Awaitable[None]]
 
 
 def header_map(headers: Any) -> dict[str, str]:
-    """An Envoy HeaderMap (values in `raw_value` or `value`) → lower-case name → value."""
+    """An Envoy HeaderMap (values in `raw_value` or `value`) → lower-case name → value. Bytes
+    that are not UTF-8 become lone surrogates, which the validator refuses in any value it reads
+    (a replacement character would pass for text)."""
     out: dict[str, str] = {}
     for h in headers.headers:
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        value = h.raw_value.decode("utf-8", "surrogateescape") if h.raw_value else h.value
         key = h.key.lower()
         out[key] = f"{out[key]},{value}" if key in out else value
     return out
@@ -78,6 +83,12 @@ def immediate(reply: responses.Reply) -> Any:
     )
 
 
+def _small(content_length: str | None) -> bool:
+    """A response body of a known length that fits into USAGE_BODY_MAX (chunked: unknown)."""
+    value = (content_length or "").strip()
+    return value.isascii() and value.isdigit() and len(value) < 12 and int(value) <= USAGE_BODY_MAX
+
+
 class Exchange:
     """The state of one HTTP request's ext_proc stream."""
 
@@ -87,6 +98,8 @@ class Exchange:
         self.send = send
         self.fields: RequestFields | None = None
         self.body: Body | None = None
+        self.content_type: str | None = None
+        self.wants_body = False  # the request body was asked for and has not arrived yet
         self.request: DecisionRequest | None = None
         self.route: Route | None = None
         self.decision_id = ""  # one stream is one decision: the accounting key of its outcome
@@ -120,18 +133,30 @@ class Exchange:
             self.fields = fields_from_headers(headers, config.limits, adapter="envoy_ext_proc")
         except HeaderError as exc:
             return immediate(responses.bad_request_reply(exc))
-        if config.envoy.read_body and not msg.end_of_stream:
-            if is_json_type(headers.get("content-type")):
-                mode = processing_mode_pb2.ProcessingMode(request_body_mode=BUFFERED)
-                return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=mode)
-            self.stats.bodies_ignored += 1  # a non-JSON content type: headers decide
-        return await self._decide("request_headers")
+        if msg.end_of_stream:  # no body: the headers are the whole request
+            return await self._decide("request_headers")
+        if config.envoy.read_body:
+            # Every body is read, whatever its content type: a JSON one fills in the request, any
+            # other is checked for a model the decision would not have judged (see apply_body).
+            self.content_type = headers.get("content-type")
+            self.wants_body = True
+            mode = processing_mode_pb2.ProcessingMode(request_body_mode=BUFFERED)
+            return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=mode)
+        response = await self._decide("request_headers")
+        if response.HasField("request_headers"):
+            # headers decided: the body streams to the backend unread, whatever the filter's
+            # configured body mode (the shipped config buffers bodies for read_body)
+            response.mode_override.request_body_mode = NO_BODY
+        return response
 
     async def _request_body(self, msg: Any) -> Any:
-        if self.fields is None:  # a body without headers first: nothing to decide on
+        if self.fields is None or not self.wants_body:  # not asked for: nothing to decide on
             return pb.ProcessingResponse(request_body=pb.BodyResponse())
+        self.wants_body = False
         try:
-            self.body = apply_body(self.fields, msg.body, self.engine.config.limits, self.stats)
+            self.body = apply_body(
+                self.fields, msg.body, self.engine.config.limits, self.stats, self.content_type
+            )
         except HeaderError as exc:
             return immediate(responses.bad_request_reply(exc))
         return await self._decide("request_body")
@@ -218,6 +243,13 @@ class Exchange:
             and not msg.end_of_stream
             and headers.get("content-type", "").split(";", 1)[0].strip().lower() == "application/json"
         )
+        if wants_usage and not _small(headers.get("content-length")):
+            # a response body switched to BUFFERED here that is larger than Envoy's buffer makes
+            # Envoy 1.40 hang (the client waits until the stream idle timeout) or answer 503
+            # instead of the backend's response: read only bodies known to fit in Envoy's default
+            # buffer; the others pass through untouched and are charged by the estimate
+            self.stats.responses_not_read += 1
+            wants_usage = False
         if wants_usage:
             mode = processing_mode_pb2.ProcessingMode(response_body_mode=BUFFERED)
             return pb.ProcessingResponse(

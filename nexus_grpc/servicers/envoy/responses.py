@@ -1,4 +1,4 @@
-"""Decision → what Envoy does (SPEC §6): the Route header mutations and the one table of
+"""Decision → what Envoy does: the Route header mutations and the one table of
 immediate-response statuses and JSON bodies. Protocol-free: ext_proc and ext_authz each turn a
 `Reply` and header pairs into their own protos."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -38,6 +39,7 @@ T = TypeVar("T")
 FLEET_TOML = """\
 [server]
 admin_token_env = "NEXUS_ENVOY_TEST_UNSET_TOKEN"
+{server_extra}
 
 [ledger]
 kind = "memory"
@@ -126,6 +128,60 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class RawResult:
+    status: int | None  # None: the connection ended (or timed out) without a response
+    elapsed: float  # seconds from the first byte sent to the status line (or to the end)
+    head: bytes  # the status line and headers
+    sent_all: bool  # the client got its whole request out
+
+
+def raw_request(
+    port: int, head: bytes, body: bytes = b"", *, byte_delay: float = 0.0, timeout: float = 30.0
+) -> RawResult:
+    """Send `head` then `body` on one connection (byte by byte with `byte_delay` between bytes,
+    else as fast as the socket takes them) while reading the answer concurrently, as a careful
+    client does; returns when the status line and headers arrived, the connection closed, or
+    `timeout` passed."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    stop = threading.Event()
+    sent = [False]
+
+    def send() -> None:
+        try:
+            sock.sendall(head)
+            if byte_delay:
+                for i in range(len(body)):
+                    if stop.wait(byte_delay):
+                        return
+                    sock.sendall(body[i : i + 1])
+            else:
+                sock.sendall(body)
+            sent[0] = True
+        except OSError:
+            pass
+
+    started = time.monotonic()
+    writer = threading.Thread(target=send, daemon=True)
+    writer.start()
+    received = b""
+    try:
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    except OSError:  # a reset after the answer, or the timeout
+        pass
+    elapsed = time.monotonic() - started
+    stop.set()
+    sock.close()
+    writer.join(timeout=5)
+    line = received.split(b"\r\n", 1)[0].split()
+    status = int(line[1]) if len(line) >= 2 and line[1].isdigit() else None
+    return RawResult(status, elapsed, received.split(b"\r\n\r\n", 1)[0], sent[0])
 
 
 def http_request(
@@ -238,7 +294,8 @@ StackFactory = Callable[..., Stack]
 
 def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
     """make(filter_name, read_body=..., nexus_up=True, ...) → a running Stack; every process it
-    starts is added to `closers`."""
+    starts is added to `closers`. `server_extra` adds lines to nexus-grpc's [server] table,
+    `envoy_replace` changes the shipped Envoy config (see EnvoyProcess)."""
 
     def make(
         filter_name: str,
@@ -249,6 +306,8 @@ def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
         max_wait_ms: int = 3000,
         gpu2_concurrency: int = 0,
         nexus_up: bool = True,
+        server_extra: str = "",
+        envoy_replace: dict[str, str] | None = None,
     ) -> Stack:
         upstreams = {name: UpstreamServer(name).start() for name in ("gpu-1", "gpu-2", "openai")}
         closers.extend(u.stop for u in upstreams.values())
@@ -262,6 +321,7 @@ def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
                     expose_reasons=expose_reasons,
                     max_wait_ms=max_wait_ms,
                     gpu2_concurrency=gpu2_concurrency,
+                    server_extra=server_extra,
                     gpu1=upstreams["gpu-1"].url,
                     gpu2=upstreams["gpu-2"].url,
                     cloud=upstreams["openai"].url,
@@ -277,6 +337,7 @@ def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
                 "CLOUD_HOST": "127.0.0.1",
                 "CLOUD_PORT": upstreams["openai"].port,
             },
+            replace=envoy_replace,
         )
         closers.append(envoy.stop)
         envoy.start()

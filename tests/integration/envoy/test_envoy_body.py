@@ -1,10 +1,12 @@
-"""ext_proc with `[envoy] read_body = true`: the buffered OpenAI-style body fills in the request,
-and a changed model is written back into the body the backend receives."""
+"""`[envoy] read_body = true`: the buffered OpenAI-style body fills in the request, a changed model
+is written back into the body the backend receives (ext_proc), and a body the policy did not judge
+never reaches a backend (ext_proc and ext_authz alike)."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
 
 import pytest
 from envoy_stack import StackFactory
@@ -84,30 +86,100 @@ def test_body_fills_tokens_and_capabilities(make_stack: StackFactory) -> None:
     assert len(stack.upstreams["openai"].received) == 2
 
 
-def test_headers_win_over_the_body(make_stack: StackFactory) -> None:
+def test_header_and_body_models_that_disagree_are_a_400_naming_both(make_stack: StackFactory) -> None:
     stack = make_stack("ext_proc", read_body=True)
+    # the policy would judge gpt-4 (restricted, local) while the backend read gpt-3.5-turbo
     body = json.dumps({"model": "gpt-3.5-turbo", "messages": []})
     resp = stack.http(headers={**JSON, "x-nexus-model": "gpt-4"}, body=body)
+    assert resp.status == 400, resp.body
+    error = resp.json()["error"]
+    assert (error["param"], error["code"]) == ("model", "model_mismatch")
+    assert "'gpt-4'" in error["message"] and "'gpt-3.5-turbo'" in error["message"]
+    # the same model in both is fine, and the body's is what gets rewritten to the routed model
+    body = json.dumps({"model": "gpt-4", "messages": []})
+    resp = stack.http(headers={**JSON, "x-nexus-model": "gpt-4"}, body=body)
     assert resp.json()["served_by"] == "gpu-1"
-    # the body's own model is what gets rewritten to the routed model
     assert stack.upstreams["gpu-1"].received[0].json()["model"] == "llama3:70b"
+    assert stack.received() == {"gpu-1": 1, "gpu-2": 0, "openai": 0}
 
 
-def test_non_json_bodies_are_ignored_and_counted(make_stack: StackFactory) -> None:
+@pytest.mark.parametrize("name", ["ext_proc", "ext_authz"])
+def test_bodies_that_would_be_read_otherwise_upstream_are_refused(
+    make_stack: StackFactory, name: str
+) -> None:
+    stack = make_stack(name, read_body=True)
+    header = {"x-nexus-model": "gpt-3.5-turbo"}
+    cases = [
+        # two "model" keys: Python keeps the last, other parsers the first
+        ({**JSON}, '{"model": "gpt-3.5-turbo", "model": "gpt-4-turbo"}', "model", "invalid_body"),
+        # Go's encoding/json reads "Model" as "model"
+        ({**JSON}, '{"model": "gpt-3.5-turbo", "Model": "gpt-4-turbo"}', "model", "invalid_body"),
+        ({**JSON, **header}, '{"Model": "gpt-4-turbo"}', "model", "invalid_body"),
+        ({**JSON, **header}, '{"model": "gpt-3.5-turbo", "n": 1, "n": 2}', "body", "invalid_body"),
+        # declared JSON (or no content type at all) but not JSON
+        ({**JSON, **header}, "{not json", "body", "invalid_body"),
+        (header, '{"model": "gpt-4-turbo"', "body", "invalid_body"),
+        ({**JSON, **header}, '{"model": "gpt-3.5-turbo", "t": NaN}', "body", "invalid_body"),
+        # another content type that is a JSON object naming another model anyway
+        ({"content-type": "text/plain", **header}, '{"model": "gpt-4-turbo"}', "model", "model_mismatch"),
+        # invisible characters in the body's model, refused as they are in x-nexus-model
+        ({**JSON}, json.dumps({"model": "gpt-3.5-turbo\u200b"}), "model", "invalid_body"),
+        ({**JSON}, '{"model": "gpt-3.5\\u007fturbo"}', "model", "invalid_body"),
+        ({**JSON}, json.dumps({"model": "gpt-3.5-turbo\u202e"}), "model", "invalid_body"),
+        # token counts above [limits] max_tokens, as DecideRequest refuses them
+        ({**JSON}, '{"model": "gpt-3.5-turbo", "max_tokens": 10000001}', "max_tokens", "invalid_body"),
+        ({**JSON}, '{"model": "m", "max_completion_tokens": 999999999999}', "max_completion_tokens",
+         "invalid_body"),
+        ({**JSON, "x-nexus-max-output-tokens": "10000001"}, '{"model": "gpt-3.5-turbo"}',
+         "x-nexus-max-output-tokens", "invalid_header"),
+    ]  # fmt: skip
+    for headers, body, param, code in cases:
+        resp = stack.http(headers=headers, body=body)
+        assert resp.status == 400, (body, resp.body)
+        error = resp.json()["error"]
+        assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error"), body
+        assert error["message"].startswith(f"{param}: ")
+    assert stack.received() == {"gpu-1": 0, "gpu-2": 0, "openai": 0}
+
+
+def test_invisible_characters_in_headers_are_refused_by_name(make_stack: StackFactory) -> None:
+    # DEL and other controls never get past Envoy's own HTTP/1 parser; what reaches nexus-grpc
+    # (format characters, bytes that are not UTF-8) is refused as the gRPC API refuses it
+    stack = make_stack("ext_proc", read_body=True)
+    for value in ("gpt-4\u200b".encode(), "gpt\u202e-4".encode(), b"gpt-4\xff"):
+        resp = _raw_get(stack.envoy.port, b"x-nexus-model: " + value)
+        assert resp.startswith(b"HTTP/1.1 400 "), resp
+        error = json.loads(resp.split(b"\r\n\r\n", 1)[1])["error"]
+        assert (error["param"], error["code"]) == ("x-nexus-model", "invalid_header")
+    assert stack.received() == {"gpu-1": 0, "gpu-2": 0, "openai": 0}
+
+
+def _raw_get(port: int, header: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nhost: test\r\nconnection: close\r\n" + header + b"\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_non_json_bodies_are_forwarded_unread(make_stack: StackFactory) -> None:
     stack = make_stack("ext_proc", read_body=True)
     nx = stack.nx
     resp = stack.http(headers={"content-type": "text/plain", "x-nexus-model": "gpt-4"}, body="just text")
     assert resp.status == 200
     assert stack.upstreams["gpu-1"].received[0].body == b"just text"
-    resp = stack.http(headers={**JSON, "x-nexus-model": "gpt-4"}, body="{not json")
+    # a JSON object of another content type naming the judged model passes unchanged
+    raw = '{"model": "gpt-4", "input": "x"}'
+    resp = stack.http(headers={"content-type": "text/plain", "x-nexus-model": "gpt-4"}, body=raw)
     assert resp.status == 200
-    assert stack.upstreams["gpu-1"].received[1].body == b"{not json"
+    assert stack.upstreams["gpu-1"].received[1].body == raw.encode()
     assert nx.stats.bodies_ignored == 2 and nx.stats.bodies_read == 0
 
 
 def test_no_model_after_headers_and_body_is_a_400(make_stack: StackFactory) -> None:
     stack = make_stack("ext_proc", read_body=True)
-    for body in ('{"messages": []}', "[1, 2]", "{broken"):
+    for body in ('{"messages": []}', "[1, 2]", '{"model": null}'):
         resp = stack.http(headers=JSON, body=body)
         assert resp.status == 400, body
         error = resp.json()["error"]

@@ -75,7 +75,8 @@ def test_decision_log_writes_one_json_line_per_decision(start_server: StartServe
     ]
     first, second = lines
     assert first["backend"] == "local" and first["labels"] == {"team": "search"}
-    assert set(first["stage_us"]) == {
+    assert set(first["stage_us"]) == {"RouteIndex"}  # a Route the index decided, in one step
+    assert set(second["stage_us"]) == {  # Explain runs every stage
         "RequestAnalyzer",
         "PrivacyReconciler",
         "BudgetReconciler",

@@ -13,6 +13,7 @@ from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.enums import BackendStatus
 from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.errors import LedgerError, Overloaded
 from nexus_grpc.ledger.base import month_of
 from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.pipeline.budget import GLOBAL
@@ -22,6 +23,7 @@ from nexus_grpc.servicers.envoy.mapping import HeaderError
 from nexus_grpc.servicers.envoy.responses import (
     bad_request_reply,
     destination_endpoint,
+    error_reply,
     queue_reply,
     reject_reply,
     retry_after,
@@ -210,3 +212,26 @@ def test_queue_and_bad_request_replies() -> None:
             "code": "invalid_header",
         }
     }
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [(LedgerError("the budget ledger cannot store changes (disk full)"), "ledger_unavailable"),
+     (Overloaded("server near max_concurrent_rpcs"), "overloaded")],
+)  # fmt: skip
+def test_errors_raised_while_deciding_are_a_503_json_answer(exc: Exception, code: str) -> None:
+    reply = error_reply(exc, "rid-7")
+    assert reply.status == 503
+    headers = dict(reply.headers)
+    assert headers == {"content-type": "application/json", "retry-after": "1", "x-nexus-request-id": "rid-7"}
+    error = json.loads(reply.body)["error"]
+    assert (error["type"], error["code"], error["param"]) == ("service_unavailable", code, None)
+    assert str(exc) in error["message"] and "rid-7" in error["message"]
+    assert reply.details == f"nexus_{code}"
+
+
+def test_any_other_error_is_a_500_that_tells_nothing() -> None:
+    reply = error_reply(RuntimeError("secret detail"), "rid-8")
+    assert reply.status == 500
+    assert b"secret detail" not in reply.body and b"rid-8" in reply.body
+    assert json.loads(reply.body)["error"]["code"] == "internal_error"
