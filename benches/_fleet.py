@@ -17,6 +17,7 @@ The same plan is applied in-process (`seed_engine`) and over gRPC (`benches/e2e.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -36,6 +37,7 @@ from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import month_of
 from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.pipeline.budget import GLOBAL
+from nexus_grpc.state.flights import Basis, Flight
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "bench-model"
@@ -217,6 +219,18 @@ def seed_outcomes(plans: list[BackendPlan]) -> Iterator[Outcome]:
             yield Outcome(f"seed-{next(ids)}", b.id, MODEL, success=False, http_status=500)
 
 
+async def served(engine: DecisionEngine, outcome: Outcome) -> None:
+    found = engine.registry.get(outcome.backend_id)
+    assert found is not None
+    decision_id = engine.ids()
+    basis = Basis(outcome.backend_id, outcome.model, (), 0, 0, 0)
+    flight = Flight(
+        decision_id, outcome.request_id, basis, ("global",), True, engine.clock() + 3600.0, found[1]
+    )
+    engine.flights.take(flight)
+    await engine.report_outcome(dataclasses.replace(outcome, decision_id=decision_id))
+
+
 async def seed_engine(engine: DecisionEngine, plans: list[BackendPlan]) -> None:
     """Apply the plan in-process through the engine's own entry points (as the RPCs do)."""
     for b in plans:
@@ -225,7 +239,9 @@ async def seed_engine(engine: DecisionEngine, plans: list[BackendPlan]) -> None:
             progress = 40 if b.status == BackendStatus.LOADING else None
             engine.registry.set_state(b.id, b.status, eta_ms=eta, progress=progress, reason="bench")
     for outcome in seed_outcomes(plans):
-        await engine.report_outcome(outcome)
+        # only outcomes of decisions the engine made feed its statistics: open one on the
+        # backend (as a Route there would) and report it by its decision id
+        await served(engine, outcome)
     # In-flight entries that never expire during the run: varied load scores, and backends with
     # max_concurrency 2 and 2 in flight are SATURATED.
     far = time.monotonic() + 86_400

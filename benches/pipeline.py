@@ -95,8 +95,8 @@ async def sample(engine: DecisionEngine, n: int, out: list[int] | None, prefix: 
         if decision.route is None:
             raise RuntimeError(f"bench fleet must route; got {decision.verdict!r}")
         await expire()
-    if len(engine.flights) > 2:
-        raise RuntimeError(f"in-flight grew to {len(engine.flights)}")
+    if len(engine.flights.open) > 2:
+        raise RuntimeError(f"in-flight grew to {len(engine.flights.open)}")
 
 
 def reset_stage_counters(engine: DecisionEngine) -> None:

@@ -117,11 +117,10 @@ class DecisionEngine:
         t0 = time.perf_counter_ns()
         for _ in range(MAX_REDECIDE):
             snap = self.snapshot()
-            decision = self.pipeline.decide(request, snap)
+            decision = self.pipeline.decide(request, snap, decision_id=self.ids())
             route = decision.route
             if route is None:
                 return self._observe(decision, request, time.perf_counter_ns() - t0)
-            decision = decision._replace(decision_id=self.ids())
             flight = self._flight(decision, request, snap)
             if not take_slot:
                 self.flights.keep(flight)

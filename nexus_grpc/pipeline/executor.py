@@ -47,9 +47,10 @@ class _Run:
 
 class FastPath(Protocol):
     """Decides the common case without running the stages one by one, or returns None. It must
-    decide exactly what the stages would (checked with NEXUS_VERIFY=1)."""
+    decide exactly what the stages would (checked with NEXUS_VERIFY=1), give a Route
+    `decision_id`, and report its own time as the one entry of `stage_durations_ns`."""
 
-    def route(self, request: DecisionRequest, snap: Snapshot) -> Decision | None: ...
+    def route(self, request: DecisionRequest, snap: Snapshot, decision_id: str) -> Decision | None: ...
 
 
 class Pipeline:
@@ -62,12 +63,14 @@ class Pipeline:
         self.stage_runs = dict.fromkeys(self.stage_names, 0)
         self._fast_failed = False
 
-    def decide(self, request: DecisionRequest, snap: Snapshot, *, trace: bool = False) -> Decision:
-        """Route/Queue/Reject. Explain (`trace`) always runs stage by stage."""
+    def decide(
+        self, request: DecisionRequest, snap: Snapshot, *, trace: bool = False, decision_id: str = ""
+    ) -> Decision:
+        """Route/Queue/Reject; a Route carries `decision_id`. Explain (`trace`) always runs
+        stage by stage."""
         if not trace and self.fast is not None:
-            t0 = time.perf_counter_ns()
             try:
-                decided = self.fast.route(request, snap)
+                decided = self.fast.route(request, snap, decision_id)
             except Exception:  # never a crash: the stages decide instead (logged once)
                 if not self._fast_failed:
                     log.exception("the route index failed; deciding stage by stage from now on")
@@ -75,16 +78,15 @@ class Pipeline:
                 self.fast = None
                 decided = None
             if decided is not None:
-                elapsed = time.perf_counter_ns() - t0
+                elapsed = decided.stage_durations_ns[0][1]
                 self.stage_ns[INDEX] = self.stage_ns.get(INDEX, 0) + elapsed
                 self.stage_runs[INDEX] = self.stage_runs.get(INDEX, 0) + 1
-                decided = decided._replace(stage_durations_ns=((INDEX, elapsed),))
                 if intent_module.VERIFY:
-                    _same_decision(decided, self._decide(request, snap, trace=False))
+                    _same_decision(decided, self._decide(request, snap, trace=False, decision_id=decision_id))
                 return decided
-        return self._decide(request, snap, trace=trace)
+        return self._decide(request, snap, trace=trace, decision_id=decision_id)
 
-    def _decide(self, request: DecisionRequest, snap: Snapshot, *, trace: bool) -> Decision:
+    def _decide(self, request: DecisionRequest, snap: Snapshot, *, trace: bool, decision_id: str) -> Decision:
         primary = self._run(Intent(request, request.model, trace=trace), snap)
         runs = [primary]
         routed = primary if primary.intent.winner is not None else None
@@ -118,6 +120,7 @@ class Pipeline:
             stages=tuple(itertools.chain.from_iterable(r.traces for r in runs)),
             scores=tuple(itertools.chain.from_iterable(r.intent.scores for r in runs)),
             stage_durations_ns=tuple(itertools.chain.from_iterable(r.durations for r in runs)),
+            decision_id=decision_id if isinstance(verdict, Route) else "",
         )
 
     def _run(self, intent: Intent, snap: Snapshot) -> _Run:
@@ -273,6 +276,7 @@ def _same_decision(fast: Decision, staged: Decision) -> None:
     """The debug check of the fast path: the same verdict, estimate and budget, the same count
     of exclusions per (stage, code), and only exclusions the stages made."""
     assert fast.verdict == staged.verdict, (fast.verdict, staged.verdict)
+    assert fast.decision_id == staged.decision_id
     assert (fast.cost_estimate, fast.budget, fast.scopes) == (
         staged.cost_estimate,
         staged.budget,

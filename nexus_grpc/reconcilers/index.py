@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -34,7 +35,7 @@ from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import Price
 from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.domain.scopes import scopes_for
-from nexus_grpc.pipeline.executor import MAX_EXCLUSIONS
+from nexus_grpc.pipeline.executor import INDEX, MAX_EXCLUSIONS
 from nexus_grpc.pipeline.snapshot import Candidate, EffectivePolicy, Fleet, Snapshot
 from nexus_grpc.reconcilers.budget import NAME as BUDGET
 from nexus_grpc.reconcilers.budget import BudgetCheck, budget_check, budget_code, budget_exclusion
@@ -127,6 +128,7 @@ class Group:
         "q_able",
         "quality_out",
         "ranked",
+        "status_counts",
         "status_out",
         "tiered",
         "zone",
@@ -144,6 +146,7 @@ class Group:
         self.quality_out: dict[Candidate, bool] = {}  # quality-excluded -> whether able
         self.q_able = 0  # how many of `quality_out` are able
         self.status_out: dict[Candidate, ExclusionCode] = {}  # able, status-excluded
+        self.status_counts: dict[ExclusionCode, int] = {}  # how many of `status_out` per code
         self.ranked = Ranking()  # capable survivors by score (or priority)
         self.halved = Ranking()  # the same, scores halved at the soft limit (open zone only)
         self.cost_memo: tuple[int, int, int] = (-1, -1, 0)  # (input, output) tokens -> cost
@@ -190,6 +193,11 @@ class RankedSet:
         self._timer_seq = itertools.count()
         self._timer_at: dict[Candidate, float] = {}
         self._by_live: dict[LiveBackend, Candidate] = {}
+        self._signatures: dict[Candidate, tuple[object, ...] | None] = {}
+        self.excl_version = 0
+        self._shown: (
+            tuple[tuple[object, ...], dict[tuple[str, ExclusionCode], int], list[Exclusion]] | None
+        ) = None
         by_key: dict[tuple[PrivacyZone, int, int, int], Group] = {}
         privacy: list[Exclusion] = []
         for c in fleet.candidates.get(model, ()):
@@ -248,25 +256,44 @@ class RankedSet:
         group, capable = self.slots[c]
         if group.quality_out.pop(c, None):
             group.q_able -= 1
-        group.status_out.pop(c, None)
+        old = group.status_out.pop(c, None)
+        if old is not None:
+            group.status_counts[old] -= 1
         group.ranked.remove(c)
         group.halved.remove(c)
-        live = c.live
         self._timer(c, now)
-        verdict = quality_verdict(live, now, self.quality)
-        if verdict not in (PASS, TRIAL):
-            group.quality_out[c] = capable
-            group.q_able += capable
-            return
-        if not capable:
-            return
-        status = live.status
-        if status != 1 or saturated(c):  # not HEALTHY, or HEALTHY and saturated
-            group.status_out[c] = _STATUS_CODE[int(status)]
+        signature = self._classify_excluded(c, group, capable, now)
+        if signature != self._signatures.get(c):
+            self._signatures[c] = signature
+            self.excl_version += 1  # the exclusions (or their text) changed
+        if signature is not None or not capable:
             return
         if not self.smart:
             group.ranked.put(c, c.priority)
             return
+        self._rank(c, group, now)
+
+    def _classify_excluded(
+        self, c: Candidate, group: Group, capable: bool, now: float
+    ) -> tuple[object, ...] | None:
+        """File `c` under quality or status when it is excluded there; returns what the text of
+        its exclusion depends on (None: not excluded by live state)."""
+        live = c.live
+        verdict = quality_verdict(live, now, self.quality)
+        if verdict not in (PASS, TRIAL):
+            group.quality_out[c] = capable
+            group.q_able += capable
+            return ("quality", verdict)
+        if not capable:
+            return None
+        status = live.status
+        if status != 1 or saturated(c):  # not HEALTHY, or HEALTHY and saturated
+            code = group.status_out[c] = _STATUS_CODE[int(status)]
+            group.status_counts[code] = group.status_counts.get(code, 0) + 1
+            return ("status", code, live.version, len(live.in_flight) if status == 1 else 0)
+        return None
+
+    def _rank(self, c: Candidate, group: Group, now: float) -> None:
         base = base_score(c, self.weights)[0]
         ttft = ttft_ms(c, now)
         group.ranked.put(c, -adjusted(base, False, ttft, self.thr)[0])
@@ -291,7 +318,9 @@ class RankedSet:
 
     # -- deciding -----------------------------------------------------------------------------
 
-    def route(self, request: DecisionRequest, snap: Snapshot, check: BudgetCheck) -> Decision | None:
+    def route(
+        self, request: DecisionRequest, snap: Snapshot, check: BudgetCheck, decision_id: str, t0: int
+    ) -> Decision | None:
         self.refresh(snap.now)
         tokens_in, tokens_out = request.estimated_input_tokens, request.output_tokens
         total = tokens_in + tokens_out
@@ -318,7 +347,7 @@ class RankedSet:
             reason = f"highest_score:{best.id}:{-key}"
         else:
             reason = f"priority:{best.id}:{best.priority}"
-        counts, shown = self._exclusions(request, snap, check, verdicts, total)
+        counts, shown = self._cached_exclusions(request, snap, check, verdicts, total)
         route = Route(
             backend_id=best.id,
             url=best.backend.url,
@@ -339,9 +368,34 @@ class RankedSet:
             budget=check.applied,
             exclusions=tuple(shown),
             scopes=scopes_for(request.tenant),
+            stage_durations_ns=((INDEX, time.perf_counter_ns() - t0),),
+            decision_id=decision_id,
             exclusions_total=sum(counts.values()),
             exclusion_counts=tuple(counts.items()),
         )
+
+    def _cached_exclusions(
+        self,
+        request: DecisionRequest,
+        snap: Snapshot,
+        check: BudgetCheck,
+        verdicts: list[ExclusionCode | None],
+        total: int,
+    ) -> tuple[dict[tuple[str, ExclusionCode], int], list[Exclusion]]:
+        """The exclusions are the same for the next request unless what they depend on changed:
+        the live classification, the groups' verdicts, the token total (context reasons), the
+        clock's 100 ms step (loading ETAs). Budget reasons quote the spend: never cached."""
+        if any(v is not None for v in verdicts):
+            return self._exclusions(request, snap, check, verdicts, total)
+        loading = any(g.status_counts.get(ExclusionCode.LOADING) for g in self.groups)
+        ctx = any(total > g.ctx_limit for g in self.groups)
+        key = (self.excl_version, total if ctx else -1, int(snap.now * 10) if loading else 0)
+        cached = self._shown
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        counts, shown = self._exclusions(request, snap, check, verdicts, total)
+        self._shown = (key, counts, shown)
+        return counts, shown
 
     def _exclusions(
         self,
@@ -399,8 +453,9 @@ class RankedSet:
                     (context_exclusion(c, model, total) or _never() for c in g.able if c not in out),
                 )
                 continue
-            for code in g.status_out.values():
-                counts[(SCHEDULER, code)] = counts.get((SCHEDULER, code), 0) + 1
+            for code, n in g.status_counts.items():
+                if n:
+                    counts[(SCHEDULER, code)] = counts.get((SCHEDULER, code), 0) + n
             room = MAX_EXCLUSIONS - len(shown)
             if room > 0:
                 for c in itertools.islice(g.status_out, room):
@@ -421,8 +476,9 @@ class RouteIndex:
         self._fleet: Fleet | None = None
         self._sets: OrderedDict[tuple[object, ...], RankedSet] = OrderedDict()
 
-    def route(self, request: DecisionRequest, snap: Snapshot) -> Decision | None:
+    def route(self, request: DecisionRequest, snap: Snapshot, decision_id: str) -> Decision | None:
         """An indexed Route, or None when the stages must decide (see the module docstring)."""
+        t0 = time.perf_counter_ns()
         fleet = snap.fleet
         if fleet.config.routing.strategy not in INDEXED_STRATEGIES:
             return None
@@ -451,7 +507,8 @@ class RouteIndex:
                 self._sets.popitem(last=False)[1].detach()
         else:
             self._sets.move_to_end(key)
-        return ranked.route(request, snap, budget_check(snap, request.tenant, policy.max_cost_nano))
+        check = budget_check(snap, request.tenant, policy.max_cost_nano)
+        return ranked.route(request, snap, check, decision_id, t0)
 
     def reset(self) -> None:
         for ranked in self._sets.values():

@@ -15,11 +15,11 @@ from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.servicers.common import Overloaded, rpc
 from nexus_grpc.servicers.convert import (
     budget_to_proto,
-    decision_to_proto,
     explain_to_proto,
     outcome_from_proto,
     request_from_proto,
 )
+from nexus_grpc.servicers.wire import decide_response
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -34,11 +34,12 @@ class DecisionServicer(dgrpc.DecisionServiceServicer):
         return budget is not None and budget.require_tenant
 
     @rpc
-    async def Decide(self, request: dpb.DecideRequest, context: Ctx) -> dpb.DecideResponse:
+    async def Decide(self, request: dpb.DecideRequest, context: Ctx) -> bytes:  # type: ignore[override]
+        """The response goes out in wire format written directly (`servicers/wire.py`)."""
         req = request_from_proto(request, self.engine.config.limits, require_tenant=self._require_tenant())
         if req.priority != Priority.HIGH and self.overloaded():
             raise Overloaded("server near max_concurrent_rpcs: shedding normal-priority decisions")
-        return decision_to_proto(await self.engine.decide(req))
+        return decide_response(await self.engine.decide(req))
 
     @rpc
     async def Explain(self, request: dpb.ExplainRequest, context: Ctx) -> dpb.ExplainResponse:

@@ -129,7 +129,9 @@ class Gate:
             behavior = self._unary(method, handler.unary_unary)
         factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
         built: Handler = factory(
-            behavior, request_deserializer=deserialize, response_serializer=handler.response_serializer
+            behavior,
+            request_deserializer=deserialize,
+            response_serializer=_raw_or(handler.response_serializer),
         )
         return built
 
@@ -234,6 +236,17 @@ def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
             return Malformed(f"not a valid protobuf message ({type(exc).__name__})")
 
     return lenient
+
+
+def _raw_or(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A servicer may answer with bytes already in wire format (see `servicers/wire.py`)."""
+    if serialize is None:
+        return None
+
+    def raw_or_message(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return raw_or_message
 
 
 class Registration:

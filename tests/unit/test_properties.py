@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc.config.glob import Glob
 from nexus_grpc.config.schema import Config, QueueConfig
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec
@@ -28,6 +29,8 @@ from nexus_grpc.domain.enums import BackendStatus, PrivacyZone, TierMode
 from nexus_grpc.domain.months import month_of
 from nexus_grpc.domain.request import DecisionRequest, Outcome
 from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.servicers.convert import decision_to_proto
+from nexus_grpc.servicers.wire import decide_response
 from nexus_grpc.testing.builders import backend, budget_config, config, engine, policy, request
 from nexus_grpc.testing.clock import FakeClock, FakeWall
 
@@ -280,5 +283,22 @@ def test_budget_holds_and_every_served_decision_is_charged_exactly_once(
         assert (spent.spent_nano, spent.reserved_nano) == (sum(charged.values()), 0)
         if budget is not None and budget.hard_limit_action == "block_all":
             assert spent.spent_nano <= budget.monthly_limit_nano
+
+    asyncio.run(run())
+
+
+@given(cfg=configs(), reqs=st.lists(requests, min_size=1, max_size=8), seed=st.integers(0, 2**32 - 1))
+@settings(SETTINGS, max_examples=300)
+def test_the_wire_encoder_writes_what_protobuf_would(
+    cfg: Config, reqs: list[DecisionRequest], seed: int
+) -> None:
+    """Decide's response bytes, written directly, parse to exactly the message protobuf builds."""
+    eng = engine(cfg, clock=FakeClock(), wall=FakeWall(), seed=seed)
+    live_state(eng, random.Random(seed))
+
+    async def run() -> None:
+        for req in reqs:
+            d = await eng.decide(req)
+            assert dpb.DecideResponse.FromString(decide_response(d)) == decision_to_proto(d)
 
     asyncio.run(run())
