@@ -1,4 +1,5 @@
-"""nexus.v1.RegistryService (mutations are admin RPCs, gated by the interceptor)."""
+"""nexus.v1.RegistryService (mutations are admin RPCs, refused or let through by the gate in
+front of every RPC: `servicers/gate.py`)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GetServerInfoRequest(_message.Message):
+    """No fields."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -35,6 +37,8 @@ Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
 
 @_typing.final
 class GetServerInfoResponse(_message.Message):
+    """What this process runs and whether it is degraded."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
@@ -45,13 +49,29 @@ class GetServerInfoResponse(_message.Message):
     DEGRADED_REASONS_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     version: _builtins.str
+    """The nexus-grpc version, e.g. "0.1.0"."""
     config_version: _builtins.str
+    """The active configuration: the first 12 hex digits of the SHA-256 of the file's bytes."""
     config_loaded_at: _builtins.str
+    """When the active configuration was loaded (start or last successful reload), ISO 8601 in UTC
+    to the second, e.g. "2026-11-22T09:30:00+00:00".
+    """
     ledger_kind: _builtins.str
+    """The budget ledger's kind: "memory", "sqlite" or "redis"."""
     ledger_available: _builtins.bool
+    """False while the ledger's store is unreachable (the budget fails open) or cannot store
+    changes (priced decisions fail with UNAVAILABLE).
+    """
     draining: _builtins.bool
+    """True once a stop (SIGTERM, SIGINT) began: health says NOT_SERVING while RPCs are still served
+    for [server] drain_seconds.
+    """
     @_builtins.property
-    def degraded_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def degraded_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the server is degraded, one sentence each; empty = not degraded. E.g. the ledger is
+        unavailable or cannot store changes, outcomes wait for the ledger, config reloads failed.
+        """
+
     def __init__(
         self,
         *,
@@ -73,6 +93,8 @@ Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
 
 @_typing.final
 class ReloadConfigRequest(_message.Message):
+    """No fields."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -88,10 +110,13 @@ Global___ReloadConfigRequest: _TypeAlias = ReloadConfigRequest  # noqa: Y015
 
 @_typing.final
 class ReloadConfigResponse(_message.Message):
+    """The configuration now active."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFIG_VERSION_FIELD_NUMBER: _builtins.int
     config_version: _builtins.str
+    """The active configuration's version after the reload (GetServerInfoResponse.config_version)."""
     def __init__(
         self,
         *,

@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """Server information and configuration reload.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down), RESOURCE_EXHAUSTED
+    (max_concurrent_rpcs unary RPCs already in progress), INVALID_ARGUMENT (bytes that are not a
+    valid message), DEADLINE_EXCEEDED and INTERNAL.
     """
 
     def __init__(self, channel):
@@ -49,16 +53,32 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """Server information and configuration reload.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down), RESOURCE_EXHAUSTED
+    (max_concurrent_rpcs unary RPCs already in progress), INVALID_ARGUMENT (bytes that are not a
+    valid message), DEADLINE_EXCEEDED and INTERNAL.
     """
 
     def GetServerInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """What this process runs and whether it is degraded. A data-plane RPC: with [server]
+        client_token_env set it needs that bearer token (else UNAUTHENTICATED); before a
+        configuration is loaded it answers UNAVAILABLE.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReloadConfig(self, request, context):
-        """Admin RPC: validates and swaps the configuration file, keeping the old one on error.
+        """Admin RPC: reads the configuration file again, validates all of it and swaps it in at once,
+        keeping the old one on any problem. [server], [ledger] and [telemetry] changes apply only
+        after a restart. With serve --workers it reloads the worker that answers (send SIGHUP to the
+        parent to reload them all).
+
+        Errors: UNAUTHENTICATED (an admin token is configured and the call does not carry it as
+        "authorization: Bearer TOKEN"); PERMISSION_DENIED (no admin token configured and the server
+        listens beyond loopback); INVALID_ARGUMENT listing every problem of the file (the old
+        configuration stays, the failure counts in degraded_reasons); FAILED_PRECONDITION when the
+        server runs the built-in demo fleet (there is no file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +107,10 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """Server information and configuration reload.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down), RESOURCE_EXHAUSTED
+    (max_concurrent_rpcs unary RPCs already in progress), INVALID_ARGUMENT (bytes that are not a
+    valid message), DEADLINE_EXCEEDED and INTERNAL.
     """
 
     @staticmethod

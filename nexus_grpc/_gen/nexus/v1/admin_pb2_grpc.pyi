@@ -27,34 +27,81 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """Server information and configuration reload."""
+    """Server information and configuration reload.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down), RESOURCE_EXHAUSTED
+    (max_concurrent_rpcs unary RPCs already in progress), INVALID_ARGUMENT (bytes that are not a
+    valid message), DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerInfoRequest, _admin_pb2.GetServerInfoResponse]
+    """What this process runs and whether it is degraded. A data-plane RPC: with [server]
+    client_token_env set it needs that bearer token (else UNAUTHENTICATED); before a
+    configuration is loaded it answers UNAVAILABLE.
+    """
     ReloadConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]
-    """Admin RPC: validates and swaps the configuration file, keeping the old one on error."""
+    """Admin RPC: reads the configuration file again, validates all of it and swaps it in at once,
+    keeping the old one on any problem. [server], [ledger] and [telemetry] changes apply only
+    after a restart. With serve --workers it reloads the worker that answers (send SIGHUP to the
+    parent to reload them all).
+
+    Errors: UNAUTHENTICATED (an admin token is configured and the call does not carry it as
+    "authorization: Bearer TOKEN"); PERMISSION_DENIED (no admin token configured and the server
+    listens beyond loopback); INVALID_ARGUMENT listing every problem of the file (the old
+    configuration stays, the failure counts in degraded_reasons); FAILED_PRECONDITION when the
+    server runs the built-in demo fleet (there is no file).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """Server information and configuration reload."""
+    """Server information and configuration reload.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down), RESOURCE_EXHAUSTED
+    (max_concurrent_rpcs unary RPCs already in progress), INVALID_ARGUMENT (bytes that are not a
+    valid message), DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerInfoRequest, _admin_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """What this process runs and whether it is degraded. A data-plane RPC: with [server]
+    client_token_env set it needs that bearer token (else UNAUTHENTICATED); before a
+    configuration is loaded it answers UNAVAILABLE.
+    """
     ReloadConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]  # type: ignore[assignment]
-    """Admin RPC: validates and swaps the configuration file, keeping the old one on error."""
+    """Admin RPC: reads the configuration file again, validates all of it and swaps it in at once,
+    keeping the old one on any problem. [server], [ledger] and [telemetry] changes apply only
+    after a restart. With serve --workers it reloads the worker that answers (send SIGHUP to the
+    parent to reload them all).
+
+    Errors: UNAUTHENTICATED (an admin token is configured and the call does not carry it as
+    "authorization: Bearer TOKEN"); PERMISSION_DENIED (no admin token configured and the server
+    listens beyond loopback); INVALID_ARGUMENT listing every problem of the file (the old
+    configuration stays, the failure counts in degraded_reasons); FAILED_PRECONDITION when the
+    server runs the built-in demo fleet (there is no file).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Server information and configuration reload."""
+    """Server information and configuration reload.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down), RESOURCE_EXHAUSTED
+    (max_concurrent_rpcs unary RPCs already in progress), INVALID_ARGUMENT (bytes that are not a
+    valid message), DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     @_abc_1.abstractmethod
     def GetServerInfo(
         self,
         request: _admin_pb2.GetServerInfoRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.GetServerInfoResponse, _abc.Awaitable[_admin_pb2.GetServerInfoResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.GetServerInfoResponse, _abc.Awaitable[_admin_pb2.GetServerInfoResponse]]:
+        """What this process runs and whether it is degraded. A data-plane RPC: with [server]
+        client_token_env set it needs that bearer token (else UNAUTHENTICATED); before a
+        configuration is loaded it answers UNAVAILABLE.
+        """
 
     @_abc_1.abstractmethod
     def ReloadConfig(
@@ -62,6 +109,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ReloadConfigRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ReloadConfigResponse, _abc.Awaitable[_admin_pb2.ReloadConfigResponse]]:
-        """Admin RPC: validates and swaps the configuration file, keeping the old one on error."""
+        """Admin RPC: reads the configuration file again, validates all of it and swaps it in at once,
+        keeping the old one on any problem. [server], [ledger] and [telemetry] changes apply only
+        after a restart. With serve --workers it reloads the worker that answers (send SIGHUP to the
+        parent to reload them all).
+
+        Errors: UNAUTHENTICATED (an admin token is configured and the call does not carry it as
+        "authorization: Bearer TOKEN"); PERMISSION_DENIED (no admin token configured and the server
+        listens beyond loopback); INVALID_ARGUMENT listing every problem of the file (the old
+        configuration stays, the failure counts in degraded_reasons); FAILED_PRECONDITION when the
+        server runs the built-in demo fleet (there is no file).
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,14 +19,18 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GetBudgetRequest(_message.Message):
+    """Which scope and month."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     MONTH_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """Empty = the global scope."""
+    """The tenant; empty = the global scope. A tenant without a configured limit is answered with
+    limit 0 (its spend is still counted). "global" in any case is reserved (INVALID_ARGUMENT).
+    """
     month: _builtins.str
-    """Empty = the current UTC month, else YYYY-MM."""
+    """The UTC month, YYYY-MM (past months too); empty = the current UTC month."""
     def __init__(
         self,
         *,
@@ -43,11 +47,15 @@ Global___GetBudgetRequest: _TypeAlias = GetBudgetRequest  # noqa: Y015
 
 @_typing.final
 class GetBudgetResponse(_message.Message):
+    """The scope's budget."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BUDGET_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def budget(self) -> _types_pb2.BudgetState: ...
+    def budget(self) -> _types_pb2.BudgetState:
+        """Spend, reservations, limit and status; status UNSPECIFIED when the ledger never was readable."""
+
     def __init__(
         self,
         *,

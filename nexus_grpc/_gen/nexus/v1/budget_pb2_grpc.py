@@ -26,7 +26,12 @@ if _version_not_supported:
 
 
 class BudgetServiceStub:
-    """Monthly spend per scope.
+    """Monthly spend per budget scope: the global scope and one per tenant.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong bearer
+    token), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid message),
+    DEADLINE_EXCEEDED and INTERNAL.
     """
 
     def __init__(self, channel):
@@ -43,11 +48,20 @@ class BudgetServiceStub:
 
 
 class BudgetServiceServicer:
-    """Monthly spend per scope.
+    """Monthly spend per budget scope: the global scope and one per tenant.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong bearer
+    token), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid message),
+    DEADLINE_EXCEEDED and INTERNAL.
     """
 
     def GetBudget(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The spend, reservations, limit and status of one scope in one month, read fresh from the
+        ledger (from its last known values while its store is unreachable).
+
+        Errors: INVALID_ARGUMENT for a malformed or reserved tenant, or a month that is not YYYY-MM.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -69,7 +83,12 @@ def add_BudgetServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BudgetService:
-    """Monthly spend per scope.
+    """Monthly spend per budget scope: the global scope and one per tenant.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong bearer
+    token), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid message),
+    DEADLINE_EXCEEDED and INTERNAL.
     """
 
     @staticmethod

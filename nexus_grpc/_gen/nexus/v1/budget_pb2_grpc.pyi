@@ -27,29 +27,62 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BudgetServiceStub:
-    """Monthly spend per scope."""
+    """Monthly spend per budget scope: the global scope and one per tenant.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong bearer
+    token), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid message),
+    DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BudgetServiceAsyncStub: ...
     GetBudget: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetBudgetRequest, _budget_pb2.GetBudgetResponse]
+    """The spend, reservations, limit and status of one scope in one month, read fresh from the
+    ledger (from its last known values while its store is unreachable).
+
+    Errors: INVALID_ARGUMENT for a malformed or reserved tenant, or a month that is not YYYY-MM.
+    """
 
 @_typing.type_check_only
 class BudgetServiceAsyncStub(BudgetServiceStub):
-    """Monthly spend per scope."""
+    """Monthly spend per budget scope: the global scope and one per tenant.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong bearer
+    token), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid message),
+    DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetBudget: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetBudgetRequest, _budget_pb2.GetBudgetResponse]  # type: ignore[assignment]
+    """The spend, reservations, limit and status of one scope in one month, read fresh from the
+    ledger (from its last known values while its store is unreachable).
+
+    Errors: INVALID_ARGUMENT for a malformed or reserved tenant, or a month that is not YYYY-MM.
+    """
 
 class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Monthly spend per scope."""
+    """Monthly spend per budget scope: the global scope and one per tenant.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong bearer
+    token), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid message),
+    DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     @_abc_1.abstractmethod
     def GetBudget(
         self,
         request: _budget_pb2.GetBudgetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_budget_pb2.GetBudgetResponse, _abc.Awaitable[_budget_pb2.GetBudgetResponse]]: ...
+    ) -> _typing.Union[_budget_pb2.GetBudgetResponse, _abc.Awaitable[_budget_pb2.GetBudgetResponse]]:
+        """The spend, reservations, limit and status of one scope in one month, read fresh from the
+        ledger (from its last known values while its store is unreachable).
+
+        Errors: INVALID_ARGUMENT for a malformed or reserved tenant, or a month that is not YYYY-MM.
+        """
 
 def add_BudgetServiceServicer_to_server(servicer: BudgetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -60,20 +60,51 @@ class DecideRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The caller's correlation id: a label copied to the answer, the decision log and the ledger,
+    never an accounting key (Decides sharing it are separate decisions). Empty = the server makes
+    one up. At most [limits] max_id_len bytes, printable, no whitespace.
+    """
     model: _builtins.str
+    """The model asked for: a model name or an alias. Required; at most [limits] max_model_len bytes,
+    printable, no whitespace.
+    """
     estimated_input_tokens: _builtins.int
+    """Estimated prompt size, tokens, 0..[limits] max_tokens; 0 = unknown (estimated as 0)."""
     max_output_tokens: _builtins.int
+    """Most tokens the answer may have, 0..[limits] max_tokens; 0 = estimated as
+    estimated_input_tokens / 2.
+    """
     needs_vision: _builtins.bool
+    """Only backends whose model declares vision."""
     needs_tools: _builtins.bool
+    """Only backends whose model declares tools."""
     needs_json_mode: _builtins.bool
+    """Only backends whose model declares json_mode."""
     stream: _builtins.bool
+    """The answer is streamed: the reported time to first token then also feeds the backend's TTFT
+    average (and its smart-score penalty).
+    """
     tier_mode: _types_pb2.TierMode.ValueType
+    """Whether a tier downgrade is acceptable; UNSPECIFIED = STRICT."""
     privacy: _types_pb2.PrivacyZone.ValueType
+    """RESTRICTED keeps the request on restricted backends; UNSPECIFIED or OPEN = the policies decide."""
     min_tier: _builtins.int
+    """Minimum capability tier, 0..5; 0 = none of its own. The effective minimum is the highest of
+    this and the matching policies' min_tier.
+    """
     priority: _types_pb2.Priority.ValueType
+    """Shedding and wake-up order; UNSPECIFIED = NORMAL."""
     tenant: _builtins.str
+    """Budget scope: charged to this tenant and to the global scope; empty = the global scope only
+    (refused when [routing.budget] require_tenant is set). "global" in any case is reserved.
+    """
     @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels for the decision log; they do not influence the decision. At most
+        [limits] max_labels; keys are ids of at most max_label_key_len bytes, values printable text of
+        at most max_label_value_len bytes.
+        """
+
     def __init__(
         self,
         *,
@@ -117,19 +148,37 @@ class Route(_message.Message):
     ALTERNATES_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     backend_id: _builtins.str
+    """The chosen backend."""
     url: _builtins.str
+    """Its base URL."""
     backend_type: _builtins.str
+    """Its type, e.g. "ollama", "openai"."""
     privacy_zone: _types_pb2.PrivacyZone.ValueType
+    """Its zone: RESTRICTED or OPEN."""
     model: _builtins.str
+    """The model to ask the backend for: the resolved model, or the fallback model when
+    fallback_used.
+    """
     reason: _builtins.str
+    """Why this backend, machine-readable: "highest_score:BACKEND:SCORE" (smart),
+    "round_robin:index_N", "priority:BACKEND:PRIORITY", "random:BACKEND", or
+    "only_healthy_backend" when a single backend was eligible; prefixed by "fallback:MODEL:" when
+    a fallback model was used.
+    """
     score: _builtins.int
+    """The winner's smart score, 0..100; 0 with the other strategies."""
     fallback_used: _builtins.bool
+    """True when the model is a fallback of the resolved model."""
     decision_id: _builtins.str
     """Server-issued id of this decision: report its outcome with it (ReportOutcomeRequest.decision_id).
-    Every Route is its own decision, whatever request_id the caller sent.
+    Every Route is its own decision, whatever request_id the caller sent. Empty in Explain.
     """
     @_builtins.property
-    def alternates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def alternates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to 3 other eligible backends, best first; a gateway may retry on them (a report naming one
+        of them is priced there and counted in its statistics).
+        """
+
     def __init__(
         self,
         *,
@@ -154,7 +203,10 @@ Global___Route: _TypeAlias = Route  # noqa: Y015
 
 @_typing.final
 class Queue(_message.Message):
-    """Nothing can take the request now; a compliant backend frees up in about estimated_wait_ms."""
+    """Nothing can take the request now; a policy-compliant backend that is only loading or
+    saturated frees up in about estimated_wait_ms. A Queue holds nothing (no slot, no reservation):
+    ask again later.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -163,9 +215,15 @@ class Queue(_message.Message):
     ESTIMATED_WAIT_MS_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """The model waited for: the resolved model, or a fallback model."""
     reason: _builtins.str
+    """"waiting_for:BACKEND:MODEL", the backend with the shortest wait."""
     estimated_wait_ms: _builtins.int
+    """Shortest estimated wait, ms, 1..[queue] max_wait_ms: the remaining loading ETA of a LOADING
+    backend, or the latency average of a SATURATED one; an unknown wait counts as max_wait_ms.
+    """
     retry_after_ms: _builtins.int
+    """When to ask again, ms; the same value as estimated_wait_ms."""
     def __init__(
         self,
         *,
@@ -193,10 +251,20 @@ class Reject(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     code: _types_pb2.RejectCode.ValueType
+    """Why, as a code."""
     message: _builtins.str
+    """Why, for people: "Request rejected: N backends excluded by STAGE, ..." or, for
+    MODEL_NOT_FOUND, the models the fleet serves.
+    """
     retry_after_ms: _builtins.int
+    """When to retry, ms; 0 = no advice. BUDGET_EXHAUSTED: until the next UTC month (or 1000 when the
+    ledger refused the reservation). NO_ELIGIBLE_BACKEND: the wait of a loading or saturated
+    backend when [queue] enabled is false.
+    """
     @_builtins.property
-    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RejectionReason]: ...
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RejectionReason]:
+        """Every exclusion, the same list as DecideResponse.exclusions."""
+
     def __init__(
         self,
         *,
@@ -230,21 +298,41 @@ class DecideResponse(_message.Message):
     EXCLUSIONS_FIELD_NUMBER: _builtins.int
     EXCLUSIONS_OMITTED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request's request_id, or the one the server made up."""
     requested_model: _builtins.str
+    """The model the request asked for."""
     resolved_model: _builtins.str
+    """The model after following aliases (equal to requested_model when it is not an alias)."""
     exclusions_omitted: _builtins.int
+    """Exclusions left out beyond the first 50 (Decide); 0 in Explain."""
     @_builtins.property
-    def route(self) -> Global___Route: ...
+    def route(self) -> Global___Route:
+        """Send the request to this backend."""
+
     @_builtins.property
-    def queue(self) -> Global___Queue: ...
+    def queue(self) -> Global___Queue:
+        """Wait and ask again."""
+
     @_builtins.property
-    def reject(self) -> Global___Reject: ...
+    def reject(self) -> Global___Reject:
+        """Nothing may take the request."""
+
     @_builtins.property
-    def cost_estimate(self) -> _types_pb2.CostEstimate: ...
+    def cost_estimate(self) -> _types_pb2.CostEstimate:
+        """Token and cost estimate."""
+
     @_builtins.property
-    def budget(self) -> _types_pb2.BudgetState: ...
+    def budget(self) -> _types_pb2.BudgetState:
+        """The budget scope whose status applied: the worse of global and the tenant (on a tie the
+        tenant's when it has a limit).
+        """
+
     @_builtins.property
-    def exclusions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RejectionReason]: ...
+    def exclusions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RejectionReason]:
+        """Every backend excluded by every stage, in pipeline order (primary model first, then each
+        fallback tried), also on a Route. Decide sends at most 50; Explain sends all.
+        """
+
     def __init__(
         self,
         *,
@@ -271,7 +359,7 @@ Global___DecideResponse: _TypeAlias = DecideResponse  # noqa: Y015
 
 @_typing.final
 class ExplainRequest(_message.Message):
-    """Same fields (names and numbers) as DecideRequest."""
+    """Same fields (names and numbers) as DecideRequest, with the same meaning and rules."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -310,20 +398,35 @@ class ExplainRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """As DecideRequest.request_id."""
     model: _builtins.str
+    """As DecideRequest.model. Required."""
     estimated_input_tokens: _builtins.int
+    """As DecideRequest.estimated_input_tokens, tokens."""
     max_output_tokens: _builtins.int
+    """As DecideRequest.max_output_tokens, tokens."""
     needs_vision: _builtins.bool
+    """As DecideRequest.needs_vision."""
     needs_tools: _builtins.bool
+    """As DecideRequest.needs_tools."""
     needs_json_mode: _builtins.bool
+    """As DecideRequest.needs_json_mode."""
     stream: _builtins.bool
+    """As DecideRequest.stream."""
     tier_mode: _types_pb2.TierMode.ValueType
+    """As DecideRequest.tier_mode; UNSPECIFIED = STRICT."""
     privacy: _types_pb2.PrivacyZone.ValueType
+    """As DecideRequest.privacy."""
     min_tier: _builtins.int
+    """As DecideRequest.min_tier, 0..5."""
     priority: _types_pb2.Priority.ValueType
+    """As DecideRequest.priority (Explain is never shed)."""
     tenant: _builtins.str
+    """As DecideRequest.tenant."""
     @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """As DecideRequest.labels."""
+
     def __init__(
         self,
         *,
@@ -352,7 +455,7 @@ Global___ExplainRequest: _TypeAlias = ExplainRequest  # noqa: Y015
 
 @_typing.final
 class StageTrace(_message.Message):
-    """What one stage did."""
+    """What one stage did for one model."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -384,14 +487,27 @@ class StageTrace(_message.Message):
     EXCLUSIONS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """The model the stage ran for: the resolved model, or a fallback model."""
     reconciler: _builtins.str
+    """The stage, e.g. "BudgetReconciler"."""
     duration_us: _builtins.int
+    """Time the stage took, microseconds."""
     candidates_in: _builtins.int
+    """Candidate backends before the stage."""
     candidates_out: _builtins.int
+    """Candidate backends after the stage."""
     @_builtins.property
-    def exclusions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RejectionReason]: ...
+    def exclusions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RejectionReason]:
+        """The backends this stage excluded."""
+
     @_builtins.property
-    def notes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def notes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """What the stage noted, e.g. alias_chain = "gpt-4 -> llama3:70b", privacy_constraint =
+        "restricted", budget_status = "soft_limit", min_tier = "3", tier_downgrade = "flexible",
+        "half_open:BACKEND" = "trial", fallback = MODEL, model_found = "false", budget_action = "warn",
+        "STAGE.fault" = the error's type when a fail-open stage raised.
+        """
+
     def __init__(
         self,
         *,
@@ -413,7 +529,10 @@ Global___StageTrace: _TypeAlias = StageTrace  # noqa: Y015
 
 @_typing.final
 class CandidateScore(_message.Message):
-    """How a surviving candidate was scored (smart strategy)."""
+    """How a surviving candidate was scored (smart strategy only):
+    score = (priority_score x priority weight + load_score x load weight + latency_score x latency
+    weight) / 100, rounded down, then the adjustments.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -425,13 +544,23 @@ class CandidateScore(_message.Message):
     LATENCY_SCORE_FIELD_NUMBER: _builtins.int
     ADJUSTMENTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """The model scored for."""
     backend_id: _builtins.str
+    """The backend scored."""
     score: _builtins.int
+    """The final score, 0..100; the highest wins (ties go to the backend first in config order)."""
     priority_score: _builtins.int
+    """100 - the backend's priority (lower priority numbers score higher)."""
     load_score: _builtins.int
+    """100 - its requests in flight (0 from 100 in flight)."""
     latency_score: _builtins.int
+    """100 - its latency average in ms / 10, rounded down (0 from 1000 ms)."""
     @_builtins.property
-    def adjustments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def adjustments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What changed the weighted sum: "soft_limit_halved" (an open-zone backend at a soft or hard
+        budget limit), "ttft_penalty:-N" (a TTFT average above [quality] ttft_penalty_threshold_ms).
+        """
+
     def __init__(
         self,
         *,
@@ -461,11 +590,17 @@ class ExplainResponse(_message.Message):
     STAGES_FIELD_NUMBER: _builtins.int
     SCORES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def decision(self) -> Global___DecideResponse: ...
+    def decision(self) -> Global___DecideResponse:
+        """The decision Decide would make now, with every exclusion (none omitted) and no decision_id."""
+
     @_builtins.property
-    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageTrace]: ...
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageTrace]:
+        """Every stage that ran, in order: the primary model's stages, then each fallback's."""
+
     @_builtins.property
-    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateScore]: ...
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateScore]:
+        """Every candidate that reached scoring, for every model tried (smart strategy only)."""
+
     def __init__(
         self,
         *,
@@ -484,7 +619,9 @@ Global___ExplainResponse: _TypeAlias = ExplainResponse  # noqa: Y015
 @_typing.final
 class ReportOutcomeRequest(_message.Message):
     """How a routed request ended. Name the decision by decision_id (exact) or by request_id (the oldest
-    unsettled decision of that id); at least one of the two is required.
+    unsettled decision of that id); at least one of the two is required. The charge is cost_usd
+    when set; else the price of the reported tokens; else the decision's estimate. It never exceeds
+    [limits] max_charge_usd.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -502,18 +639,50 @@ class ReportOutcomeRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Without decision_id: settles the oldest unsettled decision made for this request_id (also
+    one made before a restart or by another replica). Required when decision_id is empty.
+    """
     backend_id: _builtins.str
+    """The backend that served the request. Required. The report is priced at it only when it is the
+    routed backend or one of the Route's alternates (else at the routed backend), and only then
+    feeds its statistics.
+    """
     model: _builtins.str
+    """The model that served it; used only to price a report for a decision this server does not
+    know. At most [limits] max_model_len bytes.
+    """
     success: _builtins.bool
+    """Whether the request succeeded; unset = a 2xx http_status. At least one of success and
+    http_status is required.
+    """
     http_status: _builtins.int
+    """The backend's HTTP status, 100..599. For the error rate a failure is any unsuccessful
+    outcome except client errors (4xx other than 408 and 429).
+    """
     latency_ms: _builtins.int
+    """Total latency, ms. Accepted for the caller's records; no statistic reads it."""
     ttft_ms: _builtins.int
+    """Time to first token, ms. On success it feeds the backend's latency average, and for a
+    streamed request its TTFT average.
+    """
     input_tokens: _builtins.int
+    """Actual prompt tokens, 0..[limits] max_tokens. Unset while output_tokens is set: the
+    decision's estimate (0 for a decision this server does not know).
+    """
     output_tokens: _builtins.int
+    """Actual completion tokens, 0..[limits] max_tokens. Unset while input_tokens is set: the
+    decision's estimate (0 for a decision this server does not know).
+    """
     cost_usd: _builtins.float
+    """Actual cost, USD, finite, 0..1000000; wins over the token counts."""
     tenant: _builtins.str
+    """Used only for a report of a decision this server does not know: charged to this tenant and
+    the global scope. A known decision is charged to the scopes it was decided for.
+    """
     decision_id: _builtins.str
-    """The Route's decision_id. When set, the report settles exactly that decision."""
+    """The Route's decision_id. When set, the report settles exactly that decision. Must have the
+    form of an id this service issues.
+    """
     def __init__(
         self,
         *,
@@ -577,14 +746,21 @@ class ReportOutcomeResponse(_message.Message):
     BUDGET_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     recorded: _builtins.bool
+    """True when this report was charged; false when the decision was already settled (a repeat:
+    nothing more is charged, cost_usd is the first charge).
+    """
     cost_usd: _builtins.float
+    """The charge, USD."""
     estimated: _builtins.bool
+    """True when the charge is the decision's estimate (the report had neither cost nor tokens)."""
     decision_id: _builtins.str
     """The decision the report settled; empty when this server knows no decision for it (it is then
     still charged, to the report's tenant and the global scope, but feeds no statistics).
     """
     @_builtins.property
-    def budget(self) -> _types_pb2.BudgetState: ...
+    def budget(self) -> _types_pb2.BudgetState:
+        """The budget after the charge: the decision's tenant, or the global scope when it has none."""
+
     def __init__(
         self,
         *,

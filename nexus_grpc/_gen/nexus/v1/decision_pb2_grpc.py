@@ -26,7 +26,14 @@ if _version_not_supported:
 
 
 class DecisionServiceStub:
-    """Routing decisions for LLM requests.
+    """Routing decisions for LLM requests: where a request may go (Route), that it should wait
+    (Queue), or that nothing may take it (Reject), and how a routed request ended.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong
+    "authorization: Bearer" token), RESOURCE_EXHAUSTED (max_concurrent_rpcs unary RPCs already in
+    progress), INVALID_ARGUMENT (bytes that are not a valid message), DEADLINE_EXCEEDED (a deadline
+    too short to decide) and INTERNAL (a bug; the message carries the request id, never a trace).
     """
 
     def __init__(self, channel):
@@ -53,25 +60,48 @@ class DecisionServiceStub:
 
 
 class DecisionServiceServicer:
-    """Routing decisions for LLM requests.
+    """Routing decisions for LLM requests: where a request may go (Route), that it should wait
+    (Queue), or that nothing may take it (Reject), and how a routed request ended.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong
+    "authorization: Bearer" token), RESOURCE_EXHAUSTED (max_concurrent_rpcs unary RPCs already in
+    progress), INVALID_ARGUMENT (bytes that are not a valid message), DEADLINE_EXCEEDED (a deadline
+    too short to decide) and INTERNAL (a bug; the message carries the request id, never a trace).
     """
 
     def Decide(self, request, context):
-        """Runs the pipeline: Route, Queue or Reject. A Route takes an in-flight slot and reserves its cost.
+        """Runs the pipeline and answers Route, Queue or Reject, all with status OK. A Route takes an
+        in-flight slot on its backend and reserves its estimated cost in the budget until the outcome
+        is reported (or [queue] in_flight_ttl_seconds pass); it carries a decision_id to report with.
+
+        Errors: INVALID_ARGUMENT naming the field ("model: is required and must not be empty");
+        RESOURCE_EXHAUSTED when a normal-priority request is shed above 90 % of max_concurrent_rpcs;
+        UNAVAILABLE when the budget ledger cannot store the reservation (nothing is held: retry, or
+        try another replica).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Explain(self, request, context):
-        """The same pipeline without side effects, with a per-stage trace.
+        """The same pipeline without side effects (no slot, no reservation, no decision id, the
+        round-robin position and the random generator untouched), with every stage's trace and the
+        smart scores. Never shed.
+
+        Errors: INVALID_ARGUMENT naming the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportOutcome(self, request, context):
-        """How a routed request ended: frees the slot, settles the reservation. Idempotent per decision.
+        """How a routed request ended: frees its in-flight slot, settles its reservation to the actual
+        cost, and feeds the backend's statistics. Names the decision by decision_id or by request_id.
+        Idempotent per decision: a repeated report answers recorded = false with the first charge.
+
+        Errors: INVALID_ARGUMENT naming the field; UNAVAILABLE when the budget ledger cannot store the
+        charge (nothing is acknowledged; the decision stays unsettled, so retry the same report).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,7 +134,14 @@ def add_DecisionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DecisionService:
-    """Routing decisions for LLM requests.
+    """Routing decisions for LLM requests: where a request may go (Route), that it should wait
+    (Queue), or that nothing may take it (Reject), and how a routed request ended.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong
+    "authorization: Bearer" token), RESOURCE_EXHAUSTED (max_concurrent_rpcs unary RPCs already in
+    progress), INVALID_ARGUMENT (bytes that are not a valid message), DEADLINE_EXCEEDED (a deadline
+    too short to decide) and INTERNAL (a bug; the message carries the request id, never a trace).
     """
 
     @staticmethod

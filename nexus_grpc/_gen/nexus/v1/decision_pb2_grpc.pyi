@@ -27,33 +27,95 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class DecisionServiceStub:
-    """Routing decisions for LLM requests."""
+    """Routing decisions for LLM requests: where a request may go (Route), that it should wait
+    (Queue), or that nothing may take it (Reject), and how a routed request ended.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong
+    "authorization: Bearer" token), RESOURCE_EXHAUSTED (max_concurrent_rpcs unary RPCs already in
+    progress), INVALID_ARGUMENT (bytes that are not a valid message), DEADLINE_EXCEEDED (a deadline
+    too short to decide) and INTERNAL (a bug; the message carries the request id, never a trace).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DecisionServiceAsyncStub: ...
     Decide: _grpc.UnaryUnaryMultiCallable[_decision_pb2.DecideRequest, _decision_pb2.DecideResponse]
-    """Runs the pipeline: Route, Queue or Reject. A Route takes an in-flight slot and reserves its cost."""
+    """Runs the pipeline and answers Route, Queue or Reject, all with status OK. A Route takes an
+    in-flight slot on its backend and reserves its estimated cost in the budget until the outcome
+    is reported (or [queue] in_flight_ttl_seconds pass); it carries a decision_id to report with.
+
+    Errors: INVALID_ARGUMENT naming the field ("model: is required and must not be empty");
+    RESOURCE_EXHAUSTED when a normal-priority request is shed above 90 % of max_concurrent_rpcs;
+    UNAVAILABLE when the budget ledger cannot store the reservation (nothing is held: retry, or
+    try another replica).
+    """
     Explain: _grpc.UnaryUnaryMultiCallable[_decision_pb2.ExplainRequest, _decision_pb2.ExplainResponse]
-    """The same pipeline without side effects, with a per-stage trace."""
+    """The same pipeline without side effects (no slot, no reservation, no decision id, the
+    round-robin position and the random generator untouched), with every stage's trace and the
+    smart scores. Never shed.
+
+    Errors: INVALID_ARGUMENT naming the field.
+    """
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_decision_pb2.ReportOutcomeRequest, _decision_pb2.ReportOutcomeResponse]
-    """How a routed request ended: frees the slot, settles the reservation. Idempotent per decision."""
+    """How a routed request ended: frees its in-flight slot, settles its reservation to the actual
+    cost, and feeds the backend's statistics. Names the decision by decision_id or by request_id.
+    Idempotent per decision: a repeated report answers recorded = false with the first charge.
+
+    Errors: INVALID_ARGUMENT naming the field; UNAVAILABLE when the budget ledger cannot store the
+    charge (nothing is acknowledged; the decision stays unsettled, so retry the same report).
+    """
 
 @_typing.type_check_only
 class DecisionServiceAsyncStub(DecisionServiceStub):
-    """Routing decisions for LLM requests."""
+    """Routing decisions for LLM requests: where a request may go (Route), that it should wait
+    (Queue), or that nothing may take it (Reject), and how a routed request ended.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong
+    "authorization: Bearer" token), RESOURCE_EXHAUSTED (max_concurrent_rpcs unary RPCs already in
+    progress), INVALID_ARGUMENT (bytes that are not a valid message), DEADLINE_EXCEEDED (a deadline
+    too short to decide) and INTERNAL (a bug; the message carries the request id, never a trace).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Decide: _aio.UnaryUnaryMultiCallable[_decision_pb2.DecideRequest, _decision_pb2.DecideResponse]  # type: ignore[assignment]
-    """Runs the pipeline: Route, Queue or Reject. A Route takes an in-flight slot and reserves its cost."""
+    """Runs the pipeline and answers Route, Queue or Reject, all with status OK. A Route takes an
+    in-flight slot on its backend and reserves its estimated cost in the budget until the outcome
+    is reported (or [queue] in_flight_ttl_seconds pass); it carries a decision_id to report with.
+
+    Errors: INVALID_ARGUMENT naming the field ("model: is required and must not be empty");
+    RESOURCE_EXHAUSTED when a normal-priority request is shed above 90 % of max_concurrent_rpcs;
+    UNAVAILABLE when the budget ledger cannot store the reservation (nothing is held: retry, or
+    try another replica).
+    """
     Explain: _aio.UnaryUnaryMultiCallable[_decision_pb2.ExplainRequest, _decision_pb2.ExplainResponse]  # type: ignore[assignment]
-    """The same pipeline without side effects, with a per-stage trace."""
+    """The same pipeline without side effects (no slot, no reservation, no decision id, the
+    round-robin position and the random generator untouched), with every stage's trace and the
+    smart scores. Never shed.
+
+    Errors: INVALID_ARGUMENT naming the field.
+    """
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_decision_pb2.ReportOutcomeRequest, _decision_pb2.ReportOutcomeResponse]  # type: ignore[assignment]
-    """How a routed request ended: frees the slot, settles the reservation. Idempotent per decision."""
+    """How a routed request ended: frees its in-flight slot, settles its reservation to the actual
+    cost, and feeds the backend's statistics. Names the decision by decision_id or by request_id.
+    Idempotent per decision: a repeated report answers recorded = false with the first charge.
+
+    Errors: INVALID_ARGUMENT naming the field; UNAVAILABLE when the budget ledger cannot store the
+    charge (nothing is acknowledged; the decision stays unsettled, so retry the same report).
+    """
 
 class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Routing decisions for LLM requests."""
+    """Routing decisions for LLM requests: where a request may go (Route), that it should wait
+    (Queue), or that nothing may take it (Reject), and how a routed request ended.
+
+    Every RPC may also return UNAVAILABLE (the server is shutting down, or no configuration is
+    loaded yet), UNAUTHENTICATED (with [server] client_token_env set: a missing or wrong
+    "authorization: Bearer" token), RESOURCE_EXHAUSTED (max_concurrent_rpcs unary RPCs already in
+    progress), INVALID_ARGUMENT (bytes that are not a valid message), DEADLINE_EXCEEDED (a deadline
+    too short to decide) and INTERNAL (a bug; the message carries the request id, never a trace).
+    """
 
     @_abc_1.abstractmethod
     def Decide(
@@ -61,7 +123,15 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _decision_pb2.DecideRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_decision_pb2.DecideResponse, _abc.Awaitable[_decision_pb2.DecideResponse]]:
-        """Runs the pipeline: Route, Queue or Reject. A Route takes an in-flight slot and reserves its cost."""
+        """Runs the pipeline and answers Route, Queue or Reject, all with status OK. A Route takes an
+        in-flight slot on its backend and reserves its estimated cost in the budget until the outcome
+        is reported (or [queue] in_flight_ttl_seconds pass); it carries a decision_id to report with.
+
+        Errors: INVALID_ARGUMENT naming the field ("model: is required and must not be empty");
+        RESOURCE_EXHAUSTED when a normal-priority request is shed above 90 % of max_concurrent_rpcs;
+        UNAVAILABLE when the budget ledger cannot store the reservation (nothing is held: retry, or
+        try another replica).
+        """
 
     @_abc_1.abstractmethod
     def Explain(
@@ -69,7 +139,12 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _decision_pb2.ExplainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_decision_pb2.ExplainResponse, _abc.Awaitable[_decision_pb2.ExplainResponse]]:
-        """The same pipeline without side effects, with a per-stage trace."""
+        """The same pipeline without side effects (no slot, no reservation, no decision id, the
+        round-robin position and the random generator untouched), with every stage's trace and the
+        smart scores. Never shed.
+
+        Errors: INVALID_ARGUMENT naming the field.
+        """
 
     @_abc_1.abstractmethod
     def ReportOutcome(
@@ -77,6 +152,12 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _decision_pb2.ReportOutcomeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_decision_pb2.ReportOutcomeResponse, _abc.Awaitable[_decision_pb2.ReportOutcomeResponse]]:
-        """How a routed request ended: frees the slot, settles the reservation. Idempotent per decision."""
+        """How a routed request ended: frees its in-flight slot, settles its reservation to the actual
+        cost, and feeds the backend's statistics. Names the decision by decision_id or by request_id.
+        Idempotent per decision: a repeated report answers recorded = false with the first charge.
+
+        Errors: INVALID_ARGUMENT naming the field; UNAVAILABLE when the budget ledger cannot store the
+        charge (nothing is acknowledged; the decision stays unsettled, so retry the same report).
+        """
 
 def add_DecisionServiceServicer_to_server(servicer: DecisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,6 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ListBackendsRequest(_message.Message):
+    """No fields."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -36,11 +38,15 @@ Global___ListBackendsRequest: _TypeAlias = ListBackendsRequest  # noqa: Y015
 
 @_typing.final
 class ListBackendsResponse(_message.Message):
+    """The registry."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKENDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def backends(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]: ...
+    def backends(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]:
+        """Every backend, in configuration order."""
+
     def __init__(
         self,
         *,
@@ -56,10 +62,13 @@ Global___ListBackendsResponse: _TypeAlias = ListBackendsResponse  # noqa: Y015
 
 @_typing.final
 class GetBackendRequest(_message.Message):
+    """Which backend."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKEND_ID_FIELD_NUMBER: _builtins.int
     backend_id: _builtins.str
+    """The backend's id."""
     def __init__(
         self,
         *,
@@ -75,11 +84,15 @@ Global___GetBackendRequest: _TypeAlias = GetBackendRequest  # noqa: Y015
 
 @_typing.final
 class GetBackendResponse(_message.Message):
+    """The backend."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKEND_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def backend(self) -> _types_pb2.Backend: ...
+    def backend(self) -> _types_pb2.Backend:
+        """Its configuration and live state."""
+
     def __init__(
         self,
         *,
@@ -95,11 +108,17 @@ Global___GetBackendResponse: _TypeAlias = GetBackendResponse  # noqa: Y015
 
 @_typing.final
 class UpsertBackendRequest(_message.Message):
+    """The backend to add or replace."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKEND_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def backend(self) -> _types_pb2.Backend: ...
+    def backend(self) -> _types_pb2.Backend:
+        """Required. Only the configuration fields (1-9) are read; unset optional ones take their
+        defaults (tier 1, priority 50, max_concurrency 0 = unlimited, zone from the type).
+        """
+
     def __init__(
         self,
         *,
@@ -115,11 +134,15 @@ Global___UpsertBackendRequest: _TypeAlias = UpsertBackendRequest  # noqa: Y015
 
 @_typing.final
 class UpsertBackendResponse(_message.Message):
+    """The backend as stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKEND_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def backend(self) -> _types_pb2.Backend: ...
+    def backend(self) -> _types_pb2.Backend:
+        """Its configuration (defaults filled in) and live state."""
+
     def __init__(
         self,
         *,
@@ -135,10 +158,13 @@ Global___UpsertBackendResponse: _TypeAlias = UpsertBackendResponse  # noqa: Y015
 
 @_typing.final
 class RemoveBackendRequest(_message.Message):
+    """Which backend to remove."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKEND_ID_FIELD_NUMBER: _builtins.int
     backend_id: _builtins.str
+    """The backend's id."""
     def __init__(
         self,
         *,
@@ -154,6 +180,8 @@ Global___RemoveBackendRequest: _TypeAlias = RemoveBackendRequest  # noqa: Y015
 
 @_typing.final
 class RemoveBackendResponse(_message.Message):
+    """No fields."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -169,6 +197,8 @@ Global___RemoveBackendResponse: _TypeAlias = RemoveBackendResponse  # noqa: Y015
 
 @_typing.final
 class SetBackendStateRequest(_message.Message):
+    """The status to set."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKEND_ID_FIELD_NUMBER: _builtins.int
@@ -177,10 +207,19 @@ class SetBackendStateRequest(_message.Message):
     LOADING_PROGRESS_PERCENT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     backend_id: _builtins.str
+    """The backend's id."""
     status: _types_pb2.BackendStatus.ValueType
+    """The new status; required (not UNSPECIFIED). HEALTHY, LOADING or UNKNOWN also clear a sticky
+    DRAINING or UNHEALTHY.
+    """
     loading_eta_ms: _builtins.int
+    """With LOADING: the loading ETA from now, ms (it counts down); unset = unknown. Ignored otherwise."""
     loading_progress_percent: _builtins.int
+    """With LOADING: progress, percent 0..100; unset = unknown. Ignored otherwise."""
     reason: _builtins.str
+    """Why, for people; shown in exclusion reasons ("backend gpu-2 is draining: maintenance").
+    At most 1024 characters.
+    """
     def __init__(
         self,
         *,
@@ -207,11 +246,15 @@ Global___SetBackendStateRequest: _TypeAlias = SetBackendStateRequest  # noqa: Y0
 
 @_typing.final
 class SetBackendStateResponse(_message.Message):
+    """The backend after the change."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKEND_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def backend(self) -> _types_pb2.Backend: ...
+    def backend(self) -> _types_pb2.Backend:
+        """Its configuration and live state."""
+
     def __init__(
         self,
         *,

@@ -27,65 +27,170 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RegistryServiceStub:
-    """The backend registry. Mutations are admin RPCs."""
+    """The backend registry: the configured backends plus the changes made through this service,
+    with each backend's live state. Changes last until the next configuration load (start or
+    reload), which starts again from the file; with serve --workers they reach every worker
+    within about 0.2 s.
+
+    ListBackends and GetBackend are data-plane RPCs (with [server] client_token_env set they need
+    that bearer token, else UNAUTHENTICATED). UpsertBackend, RemoveBackend and SetBackendState are
+    admin RPCs: UNAUTHENTICATED when an admin token is configured and the call does not carry it as
+    "authorization: Bearer TOKEN"; PERMISSION_DENIED when no admin token is configured and the
+    server listens beyond loopback. Every RPC may also return UNAVAILABLE (shutting down, or no
+    configuration loaded yet), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid
+    message), DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RegistryServiceAsyncStub: ...
     ListBackends: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListBackendsRequest, _registry_pb2.ListBackendsResponse]
+    """Every backend, in configuration order (added ones last), with its live state in the process
+    that answers.
+    """
     GetBackend: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetBackendRequest, _registry_pb2.GetBackendResponse]
+    """One backend with its live state.
+
+    Errors: NOT_FOUND for an unknown backend_id.
+    """
     UpsertBackend: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpsertBackendRequest, _registry_pb2.UpsertBackendResponse]
+    """Admin RPC: adds a backend, or replaces the configuration of the backend with the same id (it
+    keeps its place in configuration order and its live state). Validated by the same rules as a
+    [[backends]] entry of the configuration file.
+
+    Errors: INVALID_ARGUMENT naming the first problem as "backend.FIELD" (and how many more).
+    """
     RemoveBackend: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RemoveBackendRequest, _registry_pb2.RemoveBackendResponse]
+    """Admin RPC: removes a backend. Decisions already routed to it can still be reported.
+
+    Errors: NOT_FOUND for an unknown backend_id.
+    """
     SetBackendState: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetBackendStateRequest, _registry_pb2.SetBackendStateResponse]
+    """Admin RPC: sets a backend's live status. DRAINING and UNHEALTHY set here stick: health
+    probes do not change them until an operator sets another status.
+
+    Errors: INVALID_ARGUMENT for an UNSPECIFIED or unknown status, a progress above 100 or a
+    reason over 1024 characters; NOT_FOUND for an unknown backend_id.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
-    """The backend registry. Mutations are admin RPCs."""
+    """The backend registry: the configured backends plus the changes made through this service,
+    with each backend's live state. Changes last until the next configuration load (start or
+    reload), which starts again from the file; with serve --workers they reach every worker
+    within about 0.2 s.
+
+    ListBackends and GetBackend are data-plane RPCs (with [server] client_token_env set they need
+    that bearer token, else UNAUTHENTICATED). UpsertBackend, RemoveBackend and SetBackendState are
+    admin RPCs: UNAUTHENTICATED when an admin token is configured and the call does not carry it as
+    "authorization: Bearer TOKEN"; PERMISSION_DENIED when no admin token is configured and the
+    server listens beyond loopback. Every RPC may also return UNAVAILABLE (shutting down, or no
+    configuration loaded yet), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid
+    message), DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListBackends: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListBackendsRequest, _registry_pb2.ListBackendsResponse]  # type: ignore[assignment]
+    """Every backend, in configuration order (added ones last), with its live state in the process
+    that answers.
+    """
     GetBackend: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetBackendRequest, _registry_pb2.GetBackendResponse]  # type: ignore[assignment]
+    """One backend with its live state.
+
+    Errors: NOT_FOUND for an unknown backend_id.
+    """
     UpsertBackend: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpsertBackendRequest, _registry_pb2.UpsertBackendResponse]  # type: ignore[assignment]
+    """Admin RPC: adds a backend, or replaces the configuration of the backend with the same id (it
+    keeps its place in configuration order and its live state). Validated by the same rules as a
+    [[backends]] entry of the configuration file.
+
+    Errors: INVALID_ARGUMENT naming the first problem as "backend.FIELD" (and how many more).
+    """
     RemoveBackend: _aio.UnaryUnaryMultiCallable[_registry_pb2.RemoveBackendRequest, _registry_pb2.RemoveBackendResponse]  # type: ignore[assignment]
+    """Admin RPC: removes a backend. Decisions already routed to it can still be reported.
+
+    Errors: NOT_FOUND for an unknown backend_id.
+    """
     SetBackendState: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetBackendStateRequest, _registry_pb2.SetBackendStateResponse]  # type: ignore[assignment]
+    """Admin RPC: sets a backend's live status. DRAINING and UNHEALTHY set here stick: health
+    probes do not change them until an operator sets another status.
+
+    Errors: INVALID_ARGUMENT for an UNSPECIFIED or unknown status, a progress above 100 or a
+    reason over 1024 characters; NOT_FOUND for an unknown backend_id.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The backend registry. Mutations are admin RPCs."""
+    """The backend registry: the configured backends plus the changes made through this service,
+    with each backend's live state. Changes last until the next configuration load (start or
+    reload), which starts again from the file; with serve --workers they reach every worker
+    within about 0.2 s.
+
+    ListBackends and GetBackend are data-plane RPCs (with [server] client_token_env set they need
+    that bearer token, else UNAUTHENTICATED). UpsertBackend, RemoveBackend and SetBackendState are
+    admin RPCs: UNAUTHENTICATED when an admin token is configured and the call does not carry it as
+    "authorization: Bearer TOKEN"; PERMISSION_DENIED when no admin token is configured and the
+    server listens beyond loopback. Every RPC may also return UNAVAILABLE (shutting down, or no
+    configuration loaded yet), RESOURCE_EXHAUSTED, INVALID_ARGUMENT (bytes that are not a valid
+    message), DEADLINE_EXCEEDED and INTERNAL.
+    """
 
     @_abc_1.abstractmethod
     def ListBackends(
         self,
         request: _registry_pb2.ListBackendsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_registry_pb2.ListBackendsResponse, _abc.Awaitable[_registry_pb2.ListBackendsResponse]]: ...
+    ) -> _typing.Union[_registry_pb2.ListBackendsResponse, _abc.Awaitable[_registry_pb2.ListBackendsResponse]]:
+        """Every backend, in configuration order (added ones last), with its live state in the process
+        that answers.
+        """
 
     @_abc_1.abstractmethod
     def GetBackend(
         self,
         request: _registry_pb2.GetBackendRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_registry_pb2.GetBackendResponse, _abc.Awaitable[_registry_pb2.GetBackendResponse]]: ...
+    ) -> _typing.Union[_registry_pb2.GetBackendResponse, _abc.Awaitable[_registry_pb2.GetBackendResponse]]:
+        """One backend with its live state.
+
+        Errors: NOT_FOUND for an unknown backend_id.
+        """
 
     @_abc_1.abstractmethod
     def UpsertBackend(
         self,
         request: _registry_pb2.UpsertBackendRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_registry_pb2.UpsertBackendResponse, _abc.Awaitable[_registry_pb2.UpsertBackendResponse]]: ...
+    ) -> _typing.Union[_registry_pb2.UpsertBackendResponse, _abc.Awaitable[_registry_pb2.UpsertBackendResponse]]:
+        """Admin RPC: adds a backend, or replaces the configuration of the backend with the same id (it
+        keeps its place in configuration order and its live state). Validated by the same rules as a
+        [[backends]] entry of the configuration file.
+
+        Errors: INVALID_ARGUMENT naming the first problem as "backend.FIELD" (and how many more).
+        """
 
     @_abc_1.abstractmethod
     def RemoveBackend(
         self,
         request: _registry_pb2.RemoveBackendRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_registry_pb2.RemoveBackendResponse, _abc.Awaitable[_registry_pb2.RemoveBackendResponse]]: ...
+    ) -> _typing.Union[_registry_pb2.RemoveBackendResponse, _abc.Awaitable[_registry_pb2.RemoveBackendResponse]]:
+        """Admin RPC: removes a backend. Decisions already routed to it can still be reported.
+
+        Errors: NOT_FOUND for an unknown backend_id.
+        """
 
     @_abc_1.abstractmethod
     def SetBackendState(
         self,
         request: _registry_pb2.SetBackendStateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_registry_pb2.SetBackendStateResponse, _abc.Awaitable[_registry_pb2.SetBackendStateResponse]]: ...
+    ) -> _typing.Union[_registry_pb2.SetBackendStateResponse, _abc.Awaitable[_registry_pb2.SetBackendStateResponse]]:
+        """Admin RPC: sets a backend's live status. DRAINING and UNHEALTHY set here stick: health
+        probes do not change them until an operator sets another status.
+
+        Errors: INVALID_ARGUMENT for an UNSPECIFIED or unknown status, a progress above 100 or a
+        reason over 1024 characters; NOT_FOUND for an unknown backend_id.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,19 +26,37 @@ class _PrivacyZone:
 class _PrivacyZoneEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PrivacyZone.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PRIVACY_ZONE_UNSPECIFIED: _PrivacyZone.ValueType  # 0
+    """On a request: no wish of its own, the matching policies decide. On an UpsertBackend: take the
+    zone from the backend's type (refused for a generic backend). Never sent by the server.
+    """
     PRIVACY_ZONE_RESTRICTED: _PrivacyZone.ValueType  # 1
-    """Must stay on restricted (local, on-premises) backends."""
+    """A backend on your own hardware (local, on-premises). On a request: it may only be served by
+    restricted backends, whatever the policies say (a request can tighten a policy, never relax it).
+    """
     PRIVACY_ZONE_OPEN: _PrivacyZone.ValueType  # 2
-    """No constraint of its own / a backend outside the building."""
+    """A backend outside the building (a cloud API). On a request: the same as UNSPECIFIED; it cannot
+    relax a restricted policy.
+    """
 
 class PrivacyZone(_PrivacyZone, metaclass=_PrivacyZoneEnumTypeWrapper):
-    """Privacy zone of a backend or the privacy wish of a request."""
+    """Privacy zone of a backend, or the privacy wish of a request.
+
+    A backend's zone comes from its type (ollama, vllm, llamacpp, exo, lmstudio are RESTRICTED;
+    openai, anthropic, google are OPEN) unless it is set explicitly; a generic backend must set it.
+    """
 
 PRIVACY_ZONE_UNSPECIFIED: PrivacyZone.ValueType  # 0
+"""On a request: no wish of its own, the matching policies decide. On an UpsertBackend: take the
+zone from the backend's type (refused for a generic backend). Never sent by the server.
+"""
 PRIVACY_ZONE_RESTRICTED: PrivacyZone.ValueType  # 1
-"""Must stay on restricted (local, on-premises) backends."""
+"""A backend on your own hardware (local, on-premises). On a request: it may only be served by
+restricted backends, whatever the policies say (a request can tighten a policy, never relax it).
+"""
 PRIVACY_ZONE_OPEN: PrivacyZone.ValueType  # 2
-"""No constraint of its own / a backend outside the building."""
+"""A backend outside the building (a cloud API). On a request: the same as UNSPECIFIED; it cannot
+relax a restricted policy.
+"""
 Global___PrivacyZone: _TypeAlias = PrivacyZone  # noqa: Y015
 
 class _TierMode:
@@ -48,15 +66,29 @@ class _TierMode:
 class _TierModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TierMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TIER_MODE_UNSPECIFIED: _TierMode.ValueType  # 0
+    """The same as STRICT."""
     TIER_MODE_STRICT: _TierMode.ValueType  # 1
+    """Backends below the minimum tier are excluded (TIER_BELOW_MINIMUM)."""
     TIER_MODE_FLEXIBLE: _TierMode.ValueType  # 2
+    """The caller accepts a downgrade: when no candidate reaches the minimum tier, the minimum is
+    waived for this request (the trace notes tier_downgrade=flexible); when some candidate
+    reaches it, the same as STRICT.
+    """
 
 class TierMode(_TierMode, metaclass=_TierModeEnumTypeWrapper):
-    """How a request treats the minimum capability tier."""
+    """How a request treats the minimum capability tier (the highest of the request's min_tier and
+    the matching policies' min_tier).
+    """
 
 TIER_MODE_UNSPECIFIED: TierMode.ValueType  # 0
+"""The same as STRICT."""
 TIER_MODE_STRICT: TierMode.ValueType  # 1
+"""Backends below the minimum tier are excluded (TIER_BELOW_MINIMUM)."""
 TIER_MODE_FLEXIBLE: TierMode.ValueType  # 2
+"""The caller accepts a downgrade: when no candidate reaches the minimum tier, the minimum is
+waived for this request (the trace notes tier_downgrade=flexible); when some candidate
+reaches it, the same as STRICT.
+"""
 Global___TierMode: _TypeAlias = TierMode  # noqa: Y015
 
 class _Priority:
@@ -66,15 +98,25 @@ class _Priority:
 class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """The same as NORMAL."""
     PRIORITY_NORMAL: _Priority.ValueType  # 1
+    """Shed first: above 90 % of [server] max_concurrent_rpcs a normal-priority Decide is refused
+    with RESOURCE_EXHAUSTED.
+    """
     PRIORITY_HIGH: _Priority.ValueType  # 2
+    """Not shed below max_concurrent_rpcs, and woken first when an Envoy ext_proc Queue hold ends."""
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
-    """Request priority (HIGH is woken first from an ext_proc hold)."""
+    """Request priority."""
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""The same as NORMAL."""
 PRIORITY_NORMAL: Priority.ValueType  # 1
+"""Shed first: above 90 % of [server] max_concurrent_rpcs a normal-priority Decide is refused
+with RESOURCE_EXHAUSTED.
+"""
 PRIORITY_HIGH: Priority.ValueType  # 2
+"""Not shed below max_concurrent_rpcs, and woken first when an Envoy ext_proc Queue hold ends."""
 Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
 class _RejectCode:
@@ -84,19 +126,51 @@ class _RejectCode:
 class _RejectCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectCode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     REJECT_CODE_UNSPECIFIED: _RejectCode.ValueType  # 0
+    """Never sent on a Reject."""
     REJECT_CODE_MODEL_NOT_FOUND: _RejectCode.ValueType  # 1
+    """No backend serves the resolved model (nor any of its fallbacks). The message lists the models
+    the fleet serves. HTTP 404 through Envoy.
+    """
     REJECT_CODE_NO_ELIGIBLE_BACKEND: _RejectCode.ValueType  # 2
+    """Backends serve the model, but each was excluded and none may be waited for (or queueing is
+    off). HTTP 503 through Envoy.
+    """
     REJECT_CODE_BUDGET_EXHAUSTED: _RejectCode.ValueType  # 3
+    """The budget stage excluded every remaining candidate at a hard limit (hard_limit_action
+    block_cloud or block_all); retry_after_ms runs to the start of the next UTC month. Also sent,
+    with retry_after_ms 1000, when the shared ledger refused the reservation three times in a row
+    because other replicas' spend crossed the limit meanwhile. HTTP 429 through Envoy.
+    """
     REJECT_CODE_FALLBACK_EXHAUSTED: _RejectCode.ValueType  # 4
+    """The primary model had no eligible backend, its fallbacks were tried, and none had one either.
+    HTTP 503 through Envoy.
+    """
 
 class RejectCode(_RejectCode, metaclass=_RejectCodeEnumTypeWrapper):
-    """Why a whole request was rejected."""
+    """Why a whole request was rejected. Checked in this order: MODEL_NOT_FOUND, BUDGET_EXHAUSTED,
+    FALLBACK_EXHAUSTED, NO_ELIGIBLE_BACKEND.
+    """
 
 REJECT_CODE_UNSPECIFIED: RejectCode.ValueType  # 0
+"""Never sent on a Reject."""
 REJECT_CODE_MODEL_NOT_FOUND: RejectCode.ValueType  # 1
+"""No backend serves the resolved model (nor any of its fallbacks). The message lists the models
+the fleet serves. HTTP 404 through Envoy.
+"""
 REJECT_CODE_NO_ELIGIBLE_BACKEND: RejectCode.ValueType  # 2
+"""Backends serve the model, but each was excluded and none may be waited for (or queueing is
+off). HTTP 503 through Envoy.
+"""
 REJECT_CODE_BUDGET_EXHAUSTED: RejectCode.ValueType  # 3
+"""The budget stage excluded every remaining candidate at a hard limit (hard_limit_action
+block_cloud or block_all); retry_after_ms runs to the start of the next UTC month. Also sent,
+with retry_after_ms 1000, when the shared ledger refused the reservation three times in a row
+because other replicas' spend crossed the limit meanwhile. HTTP 429 through Envoy.
+"""
 REJECT_CODE_FALLBACK_EXHAUSTED: RejectCode.ValueType  # 4
+"""The primary model had no eligible backend, its fallbacks were tried, and none had one either.
+HTTP 503 through Envoy.
+"""
 Global___RejectCode: _TypeAlias = RejectCode  # noqa: Y015
 
 class _ExclusionCode:
@@ -106,37 +180,89 @@ class _ExclusionCode:
 class _ExclusionCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExclusionCode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EXCLUSION_CODE_UNSPECIFIED: _ExclusionCode.ValueType  # 0
+    """Never sent."""
     EXCLUSION_CODE_PRIVACY_ZONE: _ExclusionCode.ValueType  # 1
+    """PrivacyReconciler: an open-zone backend, while a policy or the request says restricted."""
     EXCLUSION_CODE_BUDGET_HARD_LIMIT: _ExclusionCode.ValueType  # 2
+    """BudgetReconciler: a scope (global or the tenant) is at its hard limit, or this request's
+    estimate would cross it, and hard_limit_action blocks this backend (block_cloud: open-zone
+    backends only; block_all: every backend).
+    """
     EXCLUSION_CODE_COST_CAP: _ExclusionCode.ValueType  # 3
+    """BudgetReconciler: the estimated cost on this backend exceeds the policy's max_cost_per_request."""
     EXCLUSION_CODE_TIER_BELOW_MINIMUM: _ExclusionCode.ValueType  # 4
+    """TierReconciler: the backend's tier is below the minimum tier (strict mode)."""
     EXCLUSION_CODE_ERROR_RATE: _ExclusionCode.ValueType  # 5
+    """QualityReconciler: the backend's error rate over the quality window is at or above
+    [quality] error_rate_threshold (after min_requests outcomes); it gets a trial request after
+    cooldown_seconds.
+    """
     EXCLUSION_CODE_UNHEALTHY: _ExclusionCode.ValueType  # 6
+    """SchedulerReconciler: the backend is UNHEALTHY, or of UNKNOWN health (not probed yet)."""
     EXCLUSION_CODE_LOADING: _ExclusionCode.ValueType  # 7
+    """SchedulerReconciler: the backend is loading the model. Transient: the request may be queued."""
     EXCLUSION_CODE_DRAINING: _ExclusionCode.ValueType  # 8
+    """SchedulerReconciler: an operator set the backend to DRAINING."""
     EXCLUSION_CODE_SATURATED: _ExclusionCode.ValueType  # 9
+    """SchedulerReconciler: the backend has max_concurrency requests in flight. Transient: the
+    request may be queued.
+    """
     EXCLUSION_CODE_MISSING_CAPABILITY: _ExclusionCode.ValueType  # 10
+    """SchedulerReconciler: the backend's model does not declare a capability the request needs
+    (vision, tools, json_mode).
+    """
     EXCLUSION_CODE_CONTEXT_TOO_LONG: _ExclusionCode.ValueType  # 11
+    """SchedulerReconciler: input plus output token estimate exceed the model's context_length."""
     EXCLUSION_CODE_NOT_IN_REGISTRY: _ExclusionCode.ValueType  # 12
+    """SchedulerReconciler: the backend left the registry while the decision was made (defensive)."""
     EXCLUSION_CODE_INTERNAL_ERROR: _ExclusionCode.ValueType  # 13
+    """A stage that fails closed raised an error: every remaining candidate is excluded with this
+    code (the server log has the details under the request id).
+    """
 
 class ExclusionCode(_ExclusionCode, metaclass=_ExclusionCodeEnumTypeWrapper):
-    """Why one backend was excluded by one stage."""
+    """Why one backend was excluded by one stage. Each value names the stage that uses it."""
 
 EXCLUSION_CODE_UNSPECIFIED: ExclusionCode.ValueType  # 0
+"""Never sent."""
 EXCLUSION_CODE_PRIVACY_ZONE: ExclusionCode.ValueType  # 1
+"""PrivacyReconciler: an open-zone backend, while a policy or the request says restricted."""
 EXCLUSION_CODE_BUDGET_HARD_LIMIT: ExclusionCode.ValueType  # 2
+"""BudgetReconciler: a scope (global or the tenant) is at its hard limit, or this request's
+estimate would cross it, and hard_limit_action blocks this backend (block_cloud: open-zone
+backends only; block_all: every backend).
+"""
 EXCLUSION_CODE_COST_CAP: ExclusionCode.ValueType  # 3
+"""BudgetReconciler: the estimated cost on this backend exceeds the policy's max_cost_per_request."""
 EXCLUSION_CODE_TIER_BELOW_MINIMUM: ExclusionCode.ValueType  # 4
+"""TierReconciler: the backend's tier is below the minimum tier (strict mode)."""
 EXCLUSION_CODE_ERROR_RATE: ExclusionCode.ValueType  # 5
+"""QualityReconciler: the backend's error rate over the quality window is at or above
+[quality] error_rate_threshold (after min_requests outcomes); it gets a trial request after
+cooldown_seconds.
+"""
 EXCLUSION_CODE_UNHEALTHY: ExclusionCode.ValueType  # 6
+"""SchedulerReconciler: the backend is UNHEALTHY, or of UNKNOWN health (not probed yet)."""
 EXCLUSION_CODE_LOADING: ExclusionCode.ValueType  # 7
+"""SchedulerReconciler: the backend is loading the model. Transient: the request may be queued."""
 EXCLUSION_CODE_DRAINING: ExclusionCode.ValueType  # 8
+"""SchedulerReconciler: an operator set the backend to DRAINING."""
 EXCLUSION_CODE_SATURATED: ExclusionCode.ValueType  # 9
+"""SchedulerReconciler: the backend has max_concurrency requests in flight. Transient: the
+request may be queued.
+"""
 EXCLUSION_CODE_MISSING_CAPABILITY: ExclusionCode.ValueType  # 10
+"""SchedulerReconciler: the backend's model does not declare a capability the request needs
+(vision, tools, json_mode).
+"""
 EXCLUSION_CODE_CONTEXT_TOO_LONG: ExclusionCode.ValueType  # 11
+"""SchedulerReconciler: input plus output token estimate exceed the model's context_length."""
 EXCLUSION_CODE_NOT_IN_REGISTRY: ExclusionCode.ValueType  # 12
+"""SchedulerReconciler: the backend left the registry while the decision was made (defensive)."""
 EXCLUSION_CODE_INTERNAL_ERROR: ExclusionCode.ValueType  # 13
+"""A stage that fails closed raised an error: every remaining candidate is excluded with this
+code (the server log has the details under the request id).
+"""
 Global___ExclusionCode: _TypeAlias = ExclusionCode  # noqa: Y015
 
 class _BudgetStatus:
@@ -146,17 +272,25 @@ class _BudgetStatus:
 class _BudgetStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BUDGET_STATUS_UNSPECIFIED: _BudgetStatus.ValueType  # 0
+    """Unknown: the ledger has never been readable for this scope (the budget then fails open)."""
     BUDGET_STATUS_NORMAL: _BudgetStatus.ValueType  # 1
+    """Below the soft limit, or the scope has no limit."""
     BUDGET_STATUS_SOFT_LIMIT: _BudgetStatus.ValueType  # 2
+    """At or above soft_limit_percent of the limit: the smart score of open-zone backends is halved."""
     BUDGET_STATUS_HARD_LIMIT: _BudgetStatus.ValueType  # 3
+    """At or above the limit: hard_limit_action applies (warn, block_cloud, block_all)."""
 
 class BudgetStatus(_BudgetStatus, metaclass=_BudgetStatusEnumTypeWrapper):
-    """Budget status of one scope. UNSPECIFIED means unknown: the ledger was never readable."""
+    """Budget status of one scope in one month, on spent + reserved money."""
 
 BUDGET_STATUS_UNSPECIFIED: BudgetStatus.ValueType  # 0
+"""Unknown: the ledger has never been readable for this scope (the budget then fails open)."""
 BUDGET_STATUS_NORMAL: BudgetStatus.ValueType  # 1
+"""Below the soft limit, or the scope has no limit."""
 BUDGET_STATUS_SOFT_LIMIT: BudgetStatus.ValueType  # 2
+"""At or above soft_limit_percent of the limit: the smart score of open-zone backends is halved."""
 BUDGET_STATUS_HARD_LIMIT: BudgetStatus.ValueType  # 3
+"""At or above the limit: hard_limit_action applies (warn, block_cloud, block_all)."""
 Global___BudgetStatus: _TypeAlias = BudgetStatus  # noqa: Y015
 
 class _BackendStatus:
@@ -166,26 +300,52 @@ class _BackendStatus:
 class _BackendStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BackendStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BACKEND_STATUS_UNSPECIFIED: _BackendStatus.ValueType  # 0
+    """Never sent; refused by SetBackendState (INVALID_ARGUMENT)."""
     BACKEND_STATUS_HEALTHY: _BackendStatus.ValueType  # 1
+    """Eligible for routing."""
     BACKEND_STATUS_UNHEALTHY: _BackendStatus.ValueType  # 2
+    """Excluded (UNHEALTHY): set by failure_threshold failed health probes in a row, or by an
+    operator (then it sticks until an operator sets another status).
+    """
     BACKEND_STATUS_LOADING: _BackendStatus.ValueType  # 3
+    """Loading a model, with an optional ETA and progress: excluded (LOADING), but requests may be
+    queued for it. Stays LOADING when the ETA runs out, until a probe or an operator says otherwise.
+    """
     BACKEND_STATUS_DRAINING: _BackendStatus.ValueType  # 4
+    """Taken out of rotation by an operator (excluded as DRAINING); health probes do not change it."""
     BACKEND_STATUS_UNKNOWN: _BackendStatus.ValueType  # 5
+    """Health checks are on and the backend has not been probed yet: excluded (UNHEALTHY) until
+    its first probe.
+    """
 
 class BackendStatus(_BackendStatus, metaclass=_BackendStatusEnumTypeWrapper):
     """Live status of a backend."""
 
 BACKEND_STATUS_UNSPECIFIED: BackendStatus.ValueType  # 0
+"""Never sent; refused by SetBackendState (INVALID_ARGUMENT)."""
 BACKEND_STATUS_HEALTHY: BackendStatus.ValueType  # 1
+"""Eligible for routing."""
 BACKEND_STATUS_UNHEALTHY: BackendStatus.ValueType  # 2
+"""Excluded (UNHEALTHY): set by failure_threshold failed health probes in a row, or by an
+operator (then it sticks until an operator sets another status).
+"""
 BACKEND_STATUS_LOADING: BackendStatus.ValueType  # 3
+"""Loading a model, with an optional ETA and progress: excluded (LOADING), but requests may be
+queued for it. Stays LOADING when the ETA runs out, until a probe or an operator says otherwise.
+"""
 BACKEND_STATUS_DRAINING: BackendStatus.ValueType  # 4
+"""Taken out of rotation by an operator (excluded as DRAINING); health probes do not change it."""
 BACKEND_STATUS_UNKNOWN: BackendStatus.ValueType  # 5
+"""Health checks are on and the backend has not been probed yet: excluded (UNHEALTHY) until
+its first probe.
+"""
 Global___BackendStatus: _TypeAlias = BackendStatus  # noqa: Y015
 
 @_typing.final
 class BudgetState(_message.Message):
-    """Spend of one scope in one UTC month."""
+    """Spend of one budget scope in one UTC month. Money is kept in integer nano-USD (1e-9 USD) and
+    converted to USD here.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -198,13 +358,21 @@ class BudgetState(_message.Message):
     REMAINING_USD_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
+    """"global", or the tenant's name."""
     month: _builtins.str
+    """The UTC month, "YYYY-MM"."""
     spent_usd: _builtins.float
+    """Charged by reported outcomes this month, USD."""
     reserved_usd: _builtins.float
+    """Held by routed decisions whose outcome is not reported yet, USD."""
     limit_usd: _builtins.float
+    """The scope's monthly limit, USD; 0 = no limit (spend is still counted)."""
     utilization_percent: _builtins.float
+    """(spent + reserved) / limit x 100, percent; may exceed 100; 0 when there is no limit."""
     remaining_usd: _builtins.float
+    """max(0, limit - spent - reserved), USD; 0 when there is no limit (check limit_usd)."""
     status: Global___BudgetStatus.ValueType
+    """The status on spent + reserved."""
     def __init__(
         self,
         *,
@@ -235,8 +403,14 @@ class CostEstimate(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
+    """The request's estimated_input_tokens, tokens."""
     output_tokens: _builtins.int
+    """The request's max_output_tokens, or estimated_input_tokens / 2 (rounded down) when that is 0."""
     cost_usd: _builtins.float
+    """Estimated cost, USD: at the routed backend's price (Route), at the price of the backend
+    waited for (Queue), or the highest price among the requested model's backends (Reject).
+    0 on a free backend (restricted zone without a price).
+    """
     def __init__(
         self,
         *,
@@ -265,11 +439,17 @@ class RejectionReason(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SUGGESTED_ACTION_FIELD_NUMBER: _builtins.int
     backend_id: _builtins.str
+    """The excluded backend."""
     model: _builtins.str
+    """The model it was considered for: the resolved model, or a fallback model."""
     reconciler: _builtins.str
+    """The stage that excluded it, e.g. "PrivacyReconciler"."""
     code: Global___ExclusionCode.ValueType
+    """Why, as a code."""
     reason: _builtins.str
+    """Why, for people, e.g. "backend zone open violates restricted policy for model 'gpt-4'"."""
     suggested_action: _builtins.str
+    """What would make this backend eligible, for people."""
     def __init__(
         self,
         *,
@@ -290,14 +470,18 @@ Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
 @_typing.final
 class Pricing(_message.Message):
-    """Price of a (backend, model) in USD per 1K tokens."""
+    """Price of a (backend, model) pair in USD per 1K tokens. Each price is 0..1000 and a multiple of
+    0.000001 (it must be exact in nano-USD per token).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     INPUT_PER_1K_FIELD_NUMBER: _builtins.int
     OUTPUT_PER_1K_FIELD_NUMBER: _builtins.int
     input_per_1k: _builtins.float
+    """USD per 1000 input (prompt) tokens."""
     output_per_1k: _builtins.float
+    """USD per 1000 output (completion) tokens."""
     def __init__(
         self,
         *,
@@ -324,10 +508,15 @@ class Model(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     JSON_MODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The model name the backend is asked for, e.g. "llama3:70b"; unique on the backend."""
     context_length: _builtins.int
+    """Input plus output tokens the model accepts, tokens; unset = unlimited (0 is refused)."""
     vision: _builtins.bool
+    """Accepts images."""
     tools: _builtins.bool
+    """Supports tool calls."""
     json_mode: _builtins.bool
+    """Supports JSON mode."""
     def __init__(
         self,
         *,
@@ -349,7 +538,9 @@ Global___Model: _TypeAlias = Model  # noqa: Y015
 
 @_typing.final
 class Backend(_message.Message):
-    """A backend: configuration and live state."""
+    """A backend: its configuration (fields 1-9, the only ones UpsertBackend reads) and its live
+    state (fields 20-26, as seen by the process that answers; ignored by UpsertBackend).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -370,25 +561,55 @@ class Backend(_message.Message):
     LOADING_ETA_MS_FIELD_NUMBER: _builtins.int
     LOADING_PROGRESS_PERCENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Configuration."""
+    """Unique backend id; names it in routes, metrics and the admin API. Required."""
     url: _builtins.str
+    """Base URL: http:// or https://, a host and an optional port and path; no credentials, query
+    or fragment. Required.
+    """
     type: _builtins.str
+    """Backend type: ollama, vllm, llamacpp, exo, lmstudio, openai, anthropic, google or generic.
+    Empty = generic (UpsertBackend; case-insensitive).
+    """
     zone: Global___PrivacyZone.ValueType
+    """RESTRICTED or OPEN; UNSPECIFIED = from the type (UpsertBackend)."""
     tier: _builtins.int
+    """Capability tier 1..5, for min_tier; unset = 1 (UpsertBackend). Always set in answers."""
     priority: _builtins.int
+    """Preference 0..100, lower is preferred; unset = 50 (UpsertBackend). Always set in answers."""
     max_concurrency: _builtins.int
+    """Requests in flight at which the backend counts as SATURATED, 0..1000000; 0 or unset =
+    unlimited. Always set in answers.
+    """
     status: Global___BackendStatus.ValueType
-    """Live state."""
+    """Live status."""
     in_flight: _builtins.int
+    """Routed decisions holding a slot on this backend (reported or expired ones do not), requests."""
     latency_ema_ms: _builtins.float
+    """Moving average of time to first token of successful reports and of health probe round
+    trips, ms; 0 = no sample yet.
+    """
     error_rate: _builtins.float
+    """Share of the reported outcomes in the quality window that count as failures, 0..1 (client
+    errors, 4xx other than 408 and 429, do not count); 0 when there are none.
+    """
     avg_ttft_ms: _builtins.float
+    """Mean time to first token of successful streamed outcomes in the quality window, ms; 0 = none."""
     loading_eta_ms: _builtins.int
+    """While LOADING: the remaining loading ETA, ms; 0 = unknown, run out, or not loading."""
     loading_progress_percent: _builtins.int
+    """While LOADING: how far loading is, percent 0..100; 0 = unknown or not loading."""
     @_builtins.property
-    def pricing(self) -> Global___Pricing: ...
+    def pricing(self) -> Global___Pricing:
+        """The backend's own price, overriding every other price of its models; unset = restricted-zone
+        backends are free, open-zone ones use the model price table.
+        """
+
     @_builtins.property
-    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]: ...
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]:
+        """The models it serves: at least one, no duplicate ids. In answers also the models its health
+        probe listed that the configuration does not declare.
+        """
+
     def __init__(
         self,
         *,
