@@ -30,8 +30,9 @@ from nexus_grpc.config.demo import DEMO_LOADING_BACKEND, DEMO_SEED_SPEND_USD, de
 from nexus_grpc.config.errors import ConfigError, ConfigIssue
 from nexus_grpc.config.loader import load_config
 from nexus_grpc.config.schema import Config, TlsConfig
+from nexus_grpc.domain.decision import budget_status
 from nexus_grpc.domain.enums import BackendStatus
-from nexus_grpc.domain.money import usd_to_nano
+from nexus_grpc.domain.money import NANO, usd_to_nano
 from nexus_grpc.domain.months import month_of
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import Ledger
@@ -52,8 +53,10 @@ from nexus_grpc.state.registry import Registry
 from nexus_grpc.state.reload import ConfigWatcher
 from nexus_grpc.state.server import ServerState
 from nexus_grpc.telemetry.decision_log import DecisionLog
+from nexus_grpc.telemetry.otlp_metrics import OtlpMetrics
 from nexus_grpc.telemetry.prometheus import serve_metrics
-from nexus_grpc.telemetry.tracing import Tracing
+from nexus_grpc.telemetry.readings import Readings
+from nexus_grpc.telemetry.tracing import Tracing, otlp_base
 
 log = logging.getLogger("nexus_grpc")
 # sections that need a restart; a reload reports a change to them and keeps the running values
@@ -99,6 +102,7 @@ class Runtime:
         )
         self.gate = Gate(self.state)
         self.tracing: Tracing | None = None
+        self.otlp_metrics: OtlpMetrics | None = None
         self.port = 0
         self.server: grpc.aio.Server | None = None
         self.metrics_server: Any = None
@@ -309,10 +313,9 @@ class Runtime:
         if telemetry.decision_log:
             self.engine.decision_log = DecisionLog(telemetry.decision_log)
         if telemetry.prometheus_listen:
-            log_ = self.engine.decision_log
-            self.metrics_server = serve_metrics(
-                telemetry.prometheus_listen, self.engine, lambda: log_.dropped if log_ is not None else 0
-            )
+            self.metrics_server = serve_metrics(telemetry.prometheus_listen, self.readings)
+        if Tracing.enabled(telemetry):
+            self.otlp_metrics = OtlpMetrics(otlp_base(telemetry), self.readings)
 
     def _stop_telemetry(self) -> None:
         if self.metrics_server is not None:
@@ -325,6 +328,54 @@ class Runtime:
         if self.tracing is not None:
             self.tracing.shutdown()  # spans still queued are exported first
             self.tracing = None
+        if self.otlp_metrics is not None:
+            self.otlp_metrics.shutdown()
+            self.otlp_metrics = None
+
+    def readings(self) -> Readings:
+        """The aggregates the metrics exporters publish, read (never written) from the engine;
+        called from the exporters' threads."""
+        engine = self.engine
+        m = engine.metrics
+        config = engine.config
+        month = month_of(time.time())
+        budget: dict[str, tuple[float, int]] = {}
+        limits = config.routing.budget
+        for scope in [GLOBAL, *(limits.tenants if limits is not None else ())]:
+            totals = engine.ledger.totals(scope, month)
+            if totals is None:
+                budget[scope] = (0.0, 0)
+                continue
+            limit = (
+                (limits.monthly_limit_nano if scope == GLOBAL else limits.tenants.get(scope, 0))
+                if limits
+                else 0
+            )
+            soft = limits.soft_limit_percent if limits else 100.0
+            budget[scope] = (totals.spent_nano / NANO, int(budget_status(totals.used_nano, limit, soft)))
+        decision_log = engine.decision_log
+        return Readings(
+            decisions=dict(m.decisions),
+            stage_ns=dict(engine.pipeline.stage_ns),
+            stage_runs=dict(engine.pipeline.stage_runs),
+            exclusions=dict(m.exclusions),
+            pipeline_buckets=list(m.pipeline_buckets),
+            pipeline_sum_ns=m.pipeline_sum_ns,
+            budget=budget,
+            in_flight={
+                b.id: len(live.in_flight)
+                for b in self.registry.fleet.backends
+                if (live := self.registry.live.get(b.id))
+            },
+            ledger_available=engine.ledger.available,
+            ledger_writable=engine.ledger.write_error is None,
+            config_version=config.version,
+            outcomes_estimated=engine.outcomes_estimated,
+            outcomes_unknown=engine.outcomes_unknown,
+            outcomes_clamped=engine.outcomes_clamped,
+            decision_log_dropped=decision_log.dropped if decision_log is not None else 0,
+            spans_dropped=self.tracing.processor.dropped if self.tracing is not None else 0,
+        )
 
     def _warn_if_open(self) -> None:
         """Listening beyond loopback with no admin token: say what that means, at once."""

@@ -31,12 +31,16 @@ METRICS = {
     "nexus_reconciler_duration_seconds": "Time spent in each pipeline stage",
     "nexus_reconciler_exclusions_total": "Backends excluded, by stage and exclusion code",
     "nexus_pipeline_duration_seconds": "Time to decide, whole pipeline incl. fallbacks",
-    "nexus_budget_spent_usd": "Spend this UTC month (global, configured tenants, other)",
+    "nexus_budget_spent_usd": "Spend this UTC month (global and configured tenants)",
     "nexus_budget_status": "Budget status: 0 unknown, 1 normal, 2 soft limit, 3 hard limit",
     "nexus_backend_in_flight": "Requests routed to a backend and not yet reported",
     "nexus_ledger_available": "1 when the budget ledger's store is reachable",
+    "nexus_ledger_writable": "1 when the budget ledger can store changes (0: priced decisions fail)",
     "nexus_config_info": "The loaded configuration's version",
     "nexus_outcomes_estimated_total": "Outcomes charged at the decision-time estimate",
+    "nexus_outcomes_unknown_total": "Reports of decisions this server did not make (charged, no statistics)",
+    "nexus_outcomes_clamped_total": "Outcomes charged the per-outcome ceiling [limits] max_charge_usd",
+    "nexus_trace_spans_dropped_total": "Trace spans dropped because the export queue was full",
     "nexus_decision_log_dropped_total": "Decision log lines dropped because the queue was full",
 }
 

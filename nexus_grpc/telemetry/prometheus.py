@@ -14,23 +14,20 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from nexus_grpc.engine import DecisionEngine
-from nexus_grpc.pipeline.budget import GLOBAL, scope_view
 from nexus_grpc.telemetry.metrics import CODE_LABEL, METRICS, PIPELINE_BUCKETS_NS
+from nexus_grpc.telemetry.readings import Readings
 
 
 class NexusCollector(Collector):
-    def __init__(self, engine: DecisionEngine, dropped: Callable[[], int]) -> None:
-        self.engine = engine
-        self.dropped = dropped
+    def __init__(self, read: Callable[[], Readings]) -> None:
+        self.read = read
 
     def collect(self) -> Iterator[Any]:
-        engine = self.engine
-        m = engine.metrics
+        r = self.read()
         decisions = CounterMetricFamily(
             "nexus_decisions", METRICS["nexus_decisions_total"], labels=["decision", "reject_code"]
         )
-        for (verdict, code), n in dict(m.decisions).items():
+        for (verdict, code), n in r.decisions.items():
             decisions.add_metric([verdict, code], n)
         yield decisions
 
@@ -39,9 +36,8 @@ class NexusCollector(Collector):
             METRICS["nexus_reconciler_duration_seconds"],
             labels=["reconciler"],
         )
-        runs = dict(engine.pipeline.stage_runs)
-        for name, ns in dict(engine.pipeline.stage_ns).items():
-            stages.add_metric([name], runs.get(name, 0), ns / 1e9)
+        for name, ns in r.stage_ns.items():
+            stages.add_metric([name], r.stage_runs.get(name, 0), ns / 1e9)
         yield stages
 
         excl = CounterMetricFamily(
@@ -49,63 +45,61 @@ class NexusCollector(Collector):
             METRICS["nexus_reconciler_exclusions_total"],
             labels=["reconciler", "code"],
         )
-        for (stage, ecode), n in dict(m.exclusions).items():
+        for (stage, ecode), n in r.exclusions.items():
             excl.add_metric([stage, CODE_LABEL[ecode]], n)
         yield excl
 
-        buckets = list(m.pipeline_buckets)
         cumulative, acc = [], 0
-        for bound, n in zip([*PIPELINE_BUCKETS_NS, None], buckets, strict=True):
+        for bound, n in zip([*PIPELINE_BUCKETS_NS, None], r.pipeline_buckets, strict=True):
             acc += n
             cumulative.append(("+Inf" if bound is None else repr(bound / 1e9), acc))
         yield HistogramMetricFamily(
             "nexus_pipeline_duration_seconds",
             METRICS["nexus_pipeline_duration_seconds"],
             buckets=cumulative,
-            sum_value=m.pipeline_sum_ns / 1e9,
+            sum_value=r.pipeline_sum_ns / 1e9,
         )
 
         spent = GaugeMetricFamily(
             "nexus_budget_spent_usd", METRICS["nexus_budget_spent_usd"], labels=["scope"]
         )
         status = GaugeMetricFamily("nexus_budget_status", METRICS["nexus_budget_status"], labels=["scope"])
-        snap = engine.snapshot()
-        budget = engine.config.routing.budget
-        for scope in [GLOBAL, *(budget.tenants if budget is not None else ())]:
-            view = scope_view(snap, scope)
-            spent.add_metric([scope], view.spent_nano / 1e9)
-            status.add_metric([scope], int(view.status))
+        for scope, (usd, status_number) in r.budget.items():
+            spent.add_metric([scope], usd)
+            status.add_metric([scope], status_number)
         yield spent
         yield status
 
         inflight = GaugeMetricFamily(
             "nexus_backend_in_flight", METRICS["nexus_backend_in_flight"], labels=["backend"]
         )
-        for backend in engine.registry.fleet.backends:
-            live = engine.registry.live.get(backend.id)
-            inflight.add_metric([backend.id], len(live.in_flight) if live is not None else 0)
+        for backend, n in r.in_flight.items():
+            inflight.add_metric([backend], n)
         yield inflight
 
         yield GaugeMetricFamily(
-            "nexus_ledger_available", METRICS["nexus_ledger_available"], value=int(engine.ledger.available)
+            "nexus_ledger_available", METRICS["nexus_ledger_available"], value=int(r.ledger_available)
+        )
+        yield GaugeMetricFamily(
+            "nexus_ledger_writable", METRICS["nexus_ledger_writable"], value=int(r.ledger_writable)
         )
         info = GaugeMetricFamily("nexus_config_info", METRICS["nexus_config_info"], labels=["config_version"])
-        info.add_metric([engine.config.version or "demo"], 1)
+        info.add_metric([r.config_version or "demo"], 1)
         yield info
-        yield CounterMetricFamily(
-            "nexus_outcomes_estimated",
-            METRICS["nexus_outcomes_estimated_total"],
-            value=engine.outcomes_estimated,
-        )
-        yield CounterMetricFamily(
-            "nexus_decision_log_dropped", METRICS["nexus_decision_log_dropped_total"], value=self.dropped()
-        )
+        for name, value in (
+            ("nexus_outcomes_estimated", r.outcomes_estimated),
+            ("nexus_outcomes_unknown", r.outcomes_unknown),
+            ("nexus_outcomes_clamped", r.outcomes_clamped),
+            ("nexus_decision_log_dropped", r.decision_log_dropped),
+            ("nexus_trace_spans_dropped", r.spans_dropped),
+        ):
+            yield CounterMetricFamily(name, METRICS[f"{name}_total"], value=value)
 
 
-def serve_metrics(listen: str, engine: DecisionEngine, dropped: Callable[[], int]) -> Any:
+def serve_metrics(listen: str, read: Callable[[], Readings]) -> Any:
     """Serve /metrics on `listen` ("host:port") from a background thread; returns the server."""
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry()
-    registry.register(NexusCollector(engine, dropped))
+    registry.register(NexusCollector(read))
     server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
     return server

@@ -41,6 +41,7 @@ class Collector:
 
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
+        self.metrics: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.lock = threading.Lock()
         collector = self
@@ -66,7 +67,10 @@ class Collector:
     def receive(self, path: str, content_type: str, body: bytes) -> None:
         with self.lock:
             self.paths.append(path)
-            if path != "/v1/traces":
+            if path == "/v1/metrics":
+                for rm in json.loads(body).get("resourceMetrics", []):
+                    for sm in rm.get("scopeMetrics", []):
+                        self.metrics.extend(sm.get("metrics", []))
                 return
             assert content_type.startswith("application/json"), content_type
             for rs in json.loads(body).get("resourceSpans", []):
@@ -274,3 +278,28 @@ def test_the_envoy_protos_and_the_exporter_live_in_one_process() -> None:
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_aggregates_also_go_out_as_otlp_metrics(
+    start_server: Callable[..., TestServer], small_toml: str, collector: Collector
+) -> None:
+    server = start_server(config_text=tracing_toml(small_toml, collector.url))
+    stub = dgrpc.DecisionServiceStub(server.channel)
+    stub.Decide(dpb.DecideRequest(model="m"), timeout=5)
+    stub.Decide(dpb.DecideRequest(model="no-such-model"), timeout=5)
+    otlp = server.runtime.otlp_metrics
+    assert otlp is not None and otlp.endpoint == f"{collector.url}/v1/metrics"
+    assert otlp.provider.force_flush(10_000)
+    names = {m["name"] for m in collector.metrics}
+    assert {
+        "nexus.decisions",
+        "nexus.budget.spent",
+        "nexus.backend.in_flight",
+        "nexus.ledger.available",
+    } <= names
+    decisions = next(m for m in collector.metrics if m["name"] == "nexus.decisions")
+    points = decisions["sum"]["dataPoints"]
+    by_verdict = {
+        _attrs(p["attributes"])["decision"]: int(p.get("asInt", p.get("asDouble", 0))) for p in points
+    }
+    assert by_verdict["route"] >= 1 and by_verdict["reject"] >= 1
