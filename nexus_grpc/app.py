@@ -59,8 +59,6 @@ from nexus_grpc.telemetry.readings import Readings
 from nexus_grpc.telemetry.tracing import Tracing, otlp_base
 
 log = logging.getLogger("nexus_grpc")
-# sections that need a restart; a reload reports a change to them and keeps the running values
-RESTART_SECTIONS = ("server", "ledger", "telemetry")
 OPEN_RPCS = 64  # beyond the unary and stream budgets: health checks and reflection
 ADMIN_SYNC_INTERVAL = 0.2  # seconds between reads of the other workers' admin changes
 
@@ -86,6 +84,7 @@ class Runtime:
 
     def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
         self.config_path = config_path
+        self.settings = config.settings  # process settings: kept for the life of the process
         self.demo = config_path is None and config.source == "<demo>"
         self.registry = Registry(config, time.monotonic)
         pipeline = Pipeline(default_stages(), fast=RouteIndex())
@@ -186,12 +185,11 @@ class Runtime:
         except Exception:
             self.state.reload_failures += 1
             raise
-        old = self.config
-        for section in RESTART_SECTIONS:
-            if getattr(old, section) != getattr(config, section):
+        for section in ("server", "ledger", "telemetry"):
+            if getattr(self.settings, section) != getattr(config.settings, section):
                 log.warning("config reload: [%s] changed; it applies after a restart", section)
-        # process settings stay as started; everything else applies now
-        config = dataclasses.replace(config, **{s: getattr(old, s) for s in RESTART_SECTIONS})
+        # the process settings stay as the process started; the policy applies now
+        config = dataclasses.replace(config, settings=self.settings)
         self.registry.load(config)
         self.config_loaded_at = _iso_now()
         self.engine.watch.notify()

@@ -18,7 +18,7 @@ from pathlib import Path
 from nexus_grpc.config import _backends, _checks, _routing, _sections
 from nexus_grpc.config._reader import Context, Issues, Table
 from nexus_grpc.config.errors import ConfigError, ConfigIssue
-from nexus_grpc.config.schema import Config
+from nexus_grpc.config.schema import Config, Settings
 from nexus_grpc.domain.money import BUILTIN_PRICES
 
 __all__ = ["ConfigError", "ConfigIssue", "check_config", "keys_read", "load_config", "load_config_text"]
@@ -132,14 +132,16 @@ def _build(root: Table, ctx: Context, source: str, data: bytes) -> Config:
     price_table, default_price = _routing.pricing(root.table("pricing"), ctx)
     root.finish()
     config = Config(
-        server=_sections.server(tables["server"], ctx),
+        settings=Settings(
+            server=_sections.server(tables["server"], ctx),
+            ledger=_sections.ledger(tables["ledger"], ctx),
+            telemetry=_sections.telemetry(tables["telemetry"], ctx),
+        ),
         routing=_routing.routing(tables["routing"], ctx),
-        ledger=_sections.ledger(tables["ledger"], ctx),
         quality=_sections.quality(tables["quality"]),
         queue=_sections.queue(tables["queue"]),
         health_check=_sections.health_check(tables["health_check"]),
         envoy=_sections.envoy(tables["envoy"]),
-        telemetry=_sections.telemetry(tables["telemetry"], ctx),
         limits=_sections.limits(tables["limits"]),
         backends=_backends.backends(backend_tables, ctx),
         pricing={**BUILTIN_PRICES, **price_table},

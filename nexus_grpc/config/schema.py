@@ -139,15 +139,26 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
+class Settings:
+    """Process settings — `[server]`, `[ledger]`, `[telemetry]`: taken when the process starts
+    and kept for its life (a reload that changes them is logged; they apply after a restart)."""
+
     server: ServerConfig = ServerConfig()
-    routing: RoutingConfig = RoutingConfig()
     ledger: LedgerConfig = LedgerConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A configuration file: the process `settings`, and the policy every other section holds,
+    which reloads live."""
+
+    settings: Settings = Settings()
+    routing: RoutingConfig = RoutingConfig()
     quality: QualityConfig = QualityConfig()
     queue: QueueConfig = QueueConfig()
     health_check: HealthCheckConfig = HealthCheckConfig()
     envoy: EnvoyConfig = EnvoyConfig()
-    telemetry: TelemetryConfig = TelemetryConfig()
     limits: LimitsConfig = LimitsConfig()
     backends: tuple[BackendConfig, ...] = ()
     # Model price table: built-in prices overlaid with [pricing."<model>"].
@@ -156,6 +167,18 @@ class Config:
     source: str = "<built-in>"  # file path, or <demo>
     version: str = ""  # hash of the file's bytes
     warnings: tuple[str, ...] = ()
+
+    @property
+    def server(self) -> ServerConfig:
+        return self.settings.server
+
+    @property
+    def ledger(self) -> LedgerConfig:
+        return self.settings.ledger
+
+    @property
+    def telemetry(self) -> TelemetryConfig:
+        return self.settings.telemetry
 
     def price_for(self, backend: BackendConfig, model: str) -> Price:
         """Backend pricing, else 0 on restricted, else the model table, else the default, else 0."""

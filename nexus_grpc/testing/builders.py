@@ -29,6 +29,7 @@ from nexus_grpc.config.schema import (
     QualityConfig,
     QueueConfig,
     RoutingConfig,
+    Settings,
     Weights,
 )
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec, default_zone
@@ -192,7 +193,7 @@ def config(
     )
     return Config(
         routing=routing,
-        ledger=LedgerConfig(kind="memory"),
+        settings=Settings(ledger=LedgerConfig(kind="memory")),
         quality=quality or QualityConfig(),
         queue=queue or QueueConfig(),
         limits=limits or LimitsConfig(),

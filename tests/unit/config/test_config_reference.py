@@ -37,10 +37,11 @@ TABLES: dict[type, tuple[str, dict[str, str | None]]] = {
     BackendConfig: ("backends", {}),
     ModelSpec: ("backends.models", {}),
     Price: ("backends.pricing", {"input_nano": "input_per_1k", "output_nano": "output_per_1k"}),
+    schema.Settings: ("", {}),  # server, ledger, telemetry: their own tables
     schema.Config: (
         "",
         {"pricing": "pricing.*", "default_price": "pricing.default.input_per_1k", "source": None}
-        | {"version": None, "warnings": None},
+        | {"version": None, "warnings": None, "settings": None},
     ),
 }
 
