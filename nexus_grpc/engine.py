@@ -39,7 +39,7 @@ from nexus_grpc.telemetry.decision_log import DecisionLog
 from nexus_grpc.telemetry.decision_log import record as log_record
 from nexus_grpc.telemetry.metrics import Metrics
 
-__all__ = ["DecisionEngine", "OutcomeResult", "StateWatch"]
+__all__ = ["DecisionEngine", "OutcomeResult"]
 
 log = logging.getLogger("nexus_grpc")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from nexus_grpc.errors import NexusError
+
 
 @dataclass(frozen=True, slots=True)
 class ConfigIssue:
@@ -18,7 +20,7 @@ class ConfigIssue:
         return f"{self.file}: {self.key_path}: {self.problem}"
 
 
-class ConfigError(Exception):
+class ConfigError(NexusError):
     """A configuration that must not be used; `issues` lists every problem of the failing phase."""
 
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from nexus_grpc.domain.enums import PrivacyZone
 from nexus_grpc.domain.money import Price
 
+# The path a health probe asks, by backend type (others: DEFAULT_PROBE_PATH).
+PROBE_PATHS = {"ollama": "/api/tags", "llamacpp": "/health"}
+DEFAULT_PROBE_PATH = "/v1/models"
+
 RESTRICTED_TYPES = frozenset({"ollama", "vllm", "llamacpp", "exo", "lmstudio"})
 OPEN_TYPES = frozenset({"openai", "anthropic", "google"})
 BACKEND_TYPES = RESTRICTED_TYPES | OPEN_TYPES | {"generic"}
@@ -48,3 +52,13 @@ class BackendConfig:
             if m.id == model_id:
                 return m
         return None
+
+
+def probe_path(backend: BackendConfig) -> str | None:
+    """The path probed on this backend, or None when it is not probed: `health_path` if set;
+    cloud APIs (open zone) only with one; else by type."""
+    if backend.health_path:
+        return backend.health_path
+    if backend.zone == PrivacyZone.OPEN:
+        return None
+    return PROBE_PATHS.get(backend.type, DEFAULT_PROBE_PATH)

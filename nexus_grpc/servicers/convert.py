@@ -118,22 +118,7 @@ def budget_to_proto(view: BudgetView | None) -> tpb.BudgetState | None:
     )
 
 
-_REASONS: dict[Exclusion, tpb.RejectionReason] = {}
-_REASONS_MAX = 20_000
-
-
 def reason_to_proto(e: Exclusion) -> tpb.RejectionReason:
-    """Most exclusions are prepared once per fleet or state version and reused by many decisions;
-    so is their wire form (protobuf copies it into each response)."""
-    msg = _REASONS.get(e)
-    if msg is None:
-        if len(_REASONS) >= _REASONS_MAX:
-            _REASONS.clear()
-        msg = _REASONS[e] = _reason_message(e)
-    return msg
-
-
-def _reason_message(e: Exclusion) -> tpb.RejectionReason:
     return tpb.RejectionReason(
         backend_id=e.backend_id,
         model=e.model,

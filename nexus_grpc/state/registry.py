@@ -10,11 +10,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from nexus_grpc.config.schema import Config
-from nexus_grpc.domain.backend import BackendConfig, ModelSpec
+from nexus_grpc.domain.backend import BackendConfig, ModelSpec, probe_path
 from nexus_grpc.domain.enums import BackendStatus
 from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.pipeline.snapshot import Fleet
-from nexus_grpc.state.health import probe_path
 
 STICKY = (BackendStatus.DRAINING, BackendStatus.UNHEALTHY)
 

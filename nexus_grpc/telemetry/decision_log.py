@@ -11,6 +11,7 @@ import time
 from typing import IO, Any
 
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
+from nexus_grpc.domain.money import NANO
 
 QUEUE_SIZE = 10_000
 
@@ -36,7 +37,7 @@ def record(
         "excluded_backends": decision.exclusion_count
         if decision.exclusion_counts
         else len({e.backend_id for e in decision.exclusions}),
-        "cost_estimate_usd": decision.cost_estimate.cost_nano / 1e9,
+        "cost_estimate_usd": decision.cost_estimate.cost_nano / NANO,
     }
     if isinstance(v, Route):
         entry.update(backend=v.backend_id, model=v.model, reason=v.reason, fallback_used=v.fallback_used)

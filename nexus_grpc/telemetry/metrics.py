@@ -8,6 +8,7 @@ from bisect import bisect_left
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.enums import ExclusionCode
 
+NS_PER_SECOND = 1_000_000_000
 CODE_LABEL = {code: code.name.lower() for code in ExclusionCode}
 
 # nexus_pipeline_duration_seconds buckets, in nanoseconds (10 µs .. 100 ms)

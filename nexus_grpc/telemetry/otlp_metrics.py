@@ -12,7 +12,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
 
 from nexus_grpc import __version__
-from nexus_grpc.telemetry.metrics import CODE_LABEL
+from nexus_grpc.telemetry.metrics import CODE_LABEL, NS_PER_SECOND
 from nexus_grpc.telemetry.readings import Readings
 from nexus_grpc.telemetry.tracing import resource
 
@@ -70,10 +70,12 @@ class OtlpMetrics:
         ]
 
     def _stage_time(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(ns / 1e9, {"reconciler": s}) for s, ns in self._readings().stage_ns.items()]
+        return [
+            Observation(ns / NS_PER_SECOND, {"reconciler": s}) for s, ns in self._readings().stage_ns.items()
+        ]
 
     def _pipeline_time(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(self._readings().pipeline_sum_ns / 1e9)]
+        return [Observation(self._readings().pipeline_sum_ns / NS_PER_SECOND)]
 
     def _outcomes(self, options: CallbackOptions) -> Iterable[Observation]:
         r = self._readings()

@@ -14,7 +14,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from nexus_grpc.telemetry.metrics import CODE_LABEL, METRICS, PIPELINE_BUCKETS_NS
+from nexus_grpc.telemetry.metrics import CODE_LABEL, METRICS, NS_PER_SECOND, PIPELINE_BUCKETS_NS
 from nexus_grpc.telemetry.readings import Readings
 
 
@@ -37,7 +37,7 @@ class NexusCollector(Collector):
             labels=["reconciler"],
         )
         for name, ns in r.stage_ns.items():
-            stages.add_metric([name], r.stage_runs.get(name, 0), ns / 1e9)
+            stages.add_metric([name], r.stage_runs.get(name, 0), ns / NS_PER_SECOND)
         yield stages
 
         excl = CounterMetricFamily(
@@ -52,12 +52,12 @@ class NexusCollector(Collector):
         cumulative, acc = [], 0
         for bound, n in zip([*PIPELINE_BUCKETS_NS, None], r.pipeline_buckets, strict=True):
             acc += n
-            cumulative.append(("+Inf" if bound is None else repr(bound / 1e9), acc))
+            cumulative.append(("+Inf" if bound is None else repr(bound / NS_PER_SECOND), acc))
         yield HistogramMetricFamily(
             "nexus_pipeline_duration_seconds",
             METRICS["nexus_pipeline_duration_seconds"],
             buckets=cumulative,
-            sum_value=r.pipeline_sum_ns / 1e9,
+            sum_value=r.pipeline_sum_ns / NS_PER_SECOND,
         )
 
         spent = GaugeMetricFamily(

@@ -39,6 +39,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from nexus_grpc import __version__
 from nexus_grpc.config.schema import TelemetryConfig
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
+from nexus_grpc.domain.money import NANO
 
 log = logging.getLogger("nexus_grpc")
 
@@ -198,7 +199,7 @@ class Tracing:
                 {
                     "nexus.decision_id": decision_id,
                     "nexus.outcome.recorded": recorded,
-                    "nexus.outcome.charged_usd": charged_nano / 1e9,
+                    "nexus.outcome.charged_usd": charged_nano / NANO,
                 }
             )
 

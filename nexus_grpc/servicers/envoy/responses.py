@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from nexus_grpc.domain.decision import Decision, Exclusion, Queue, Reject, Route, summary_text
 from nexus_grpc.domain.enums import BackendStatus, BudgetStatus, ExclusionCode, RejectCode
+from nexus_grpc.domain.money import NANO
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.errors import LedgerError, Overloaded
 from nexus_grpc.pipeline.executor import cap_exclusions
@@ -93,7 +94,7 @@ def route_headers(decision: Decision, route: Route) -> tuple[list[tuple[str, str
         headers += [
             ("x-nexus-budget-status", _BUDGET_STATUS_TEXT[budget.status]),
             ("x-nexus-budget-utilization", f"{budget.utilization_percent:.2f}"),
-            ("x-nexus-budget-remaining", f"{budget.remaining_nano / 1e9:.6f}"),
+            ("x-nexus-budget-remaining", f"{budget.remaining_nano / NANO:.6f}"),
         ]
     else:
         remove += ["x-nexus-budget-status", "x-nexus-budget-utilization", "x-nexus-budget-remaining"]

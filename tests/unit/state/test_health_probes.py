@@ -14,16 +14,10 @@ from typing import Any
 import pytest
 
 from nexus_grpc.config.schema import Config, HealthCheckConfig
-from nexus_grpc.domain.backend import BackendConfig
+from nexus_grpc.domain.backend import BackendConfig, probe_path
 from nexus_grpc.domain.enums import BackendStatus
-from nexus_grpc.state.health import (
-    HealthProber,
-    ProbeResult,
-    http_get,
-    parse_models,
-    probe_headers,
-    probe_path,
-)
+from nexus_grpc.state.health import HealthProber, ProbeResult, parse_models, probe_headers
+from nexus_grpc.state.probe_http import http_get
 from nexus_grpc.state.registry import Registry
 from nexus_grpc.testing.builders import backend, config, model
 from nexus_grpc.testing.clock import FakeClock
