@@ -28,7 +28,7 @@ from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.pipeline import intent as intent_module
 from nexus_grpc.pipeline.budget import request_views, scopes_for
 from nexus_grpc.pipeline.intent import Intent, Reconciler
-from nexus_grpc.pipeline.snapshot import Snapshot
+from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
 
 MAX_EXCLUSIONS = 50
 INDEX = "RouteIndex"  # the name the fast path's time is reported under (metrics, decision log)
@@ -131,20 +131,26 @@ class Pipeline:
         funnel: list[tuple[int, int]] = []
         failed_closed = False
         clock = time.perf_counter_ns
+        verify = intent_module.VERIFY
         for stage in self.stages:
             before = len(intent.candidates)
             first_exclusion = len(intent.exclusions)
             notes_before = dict(intent.notes) if intent.trace else None
+            given = tuple(intent.candidates) if verify else ()
+            faulted = False
             t0 = clock()
             try:
                 stage.reconcile(intent, snap)
             except Exception as exc:  # a stage fault must never escape as a crash
+                faulted = True
                 if stage.fail_open:
                     intent.notes[f"{stage.name}.fault"] = type(exc).__name__
                 else:
                     self._fail_closed(intent, stage.name, exc)
                     failed_closed = True
             elapsed = clock() - t0
+            if verify and not faulted and not getattr(stage, "finds_candidates", False):
+                check_contract(stage.name, given, intent.candidates, intent.exclusions[first_exclusion:])
             self.stage_ns[stage.name] += elapsed
             self.stage_runs[stage.name] += 1
             durations.append((stage.name, elapsed))
@@ -274,6 +280,32 @@ class Pipeline:
 
 def _resolved_note(intent: Intent) -> str:
     return f" (resolved to '{intent.model}')" if intent.model != intent.requested else ""
+
+
+class ContractError(AssertionError):
+    """A stage broke the contract every stage keeps (checked with NEXUS_VERIFY=1)."""
+
+
+def check_contract(
+    stage: str, given: Sequence[Candidate], kept: Sequence[Candidate], excluded: Sequence[Exclusion]
+) -> None:
+    """A stage may only narrow: what it kept is what it was given, in order, minus what it
+    dropped; it records exactly one exclusion, in its own name, per dropped candidate; it never
+    adds one. (The stage that finds the candidates — `finds_candidates = True` — is exempt.)"""
+    position = {id(c): i for i, c in enumerate(given)}
+    order = [position.get(id(c), -1) for c in kept]
+    if -1 in order:
+        raise ContractError(f"{stage} added a candidate it was not given")
+    if order != sorted(order) or len(set(order)) != len(order):
+        raise ContractError(f"{stage} reordered or repeated candidates")
+    kept_ids = {id(c) for c in kept}
+    dropped = sorted(c.id for c in given if id(c) not in kept_ids)
+    if sorted(e.backend_id for e in excluded) != dropped:
+        raise ContractError(
+            f"{stage} dropped {dropped} but recorded {sorted(e.backend_id for e in excluded)}"
+        )
+    if any(e.reconciler != stage for e in excluded):
+        raise ContractError(f"{stage} recorded an exclusion in another stage's name")
 
 
 def _same_decision(fast: Decision, staged: Decision) -> None:

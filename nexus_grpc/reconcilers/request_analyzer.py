@@ -9,6 +9,7 @@ from nexus_grpc.pipeline.snapshot import Snapshot
 class RequestAnalyzer:
     name = "RequestAnalyzer"
     fail_open = False
+    finds_candidates = True  # the one stage that sets the candidates rather than narrowing them
 
     def reconcile(self, intent: Intent, snap: Snapshot) -> None:
         fleet = snap.fleet
