@@ -9,9 +9,8 @@ from nexus_grpc.config._reader import Context, Issues, quote_key, shown
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.backend import BACKEND_TYPES
 from nexus_grpc.domain.enums import PrivacyZone
-from nexus_grpc.domain.money import NANO, Price
+from nexus_grpc.domain.money import MAX_AMOUNT_NANO, NANO, Price
 from nexus_grpc.domain.validate import RESERVED_TENANTS
-from nexus_grpc.ledger.base import MAX_AMOUNT_NANO
 
 MAX_ALIAS_HOPS = 3
 

@@ -7,6 +7,20 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 NANO = 1_000_000_000
+# One reservation or charge: at most 2**53 nano-USD (about 9 million USD; exact as a double too).
+MAX_AMOUNT_NANO = 2**53
+# A scope's spent or reserved total saturates here (about 2.3 billion USD), far below int64.
+MAX_TOTAL_NANO = 2**61
+
+
+def clamp_amount(nano: int) -> int:
+    """An amount as a ledger stores it: 0..MAX_AMOUNT_NANO."""
+    return 0 if nano < 0 else min(nano, MAX_AMOUNT_NANO)
+
+
+def saturate(total: int) -> int:
+    """A total as a ledger stores it: 0..MAX_TOTAL_NANO."""
+    return 0 if total < 0 else min(total, MAX_TOTAL_NANO)
 
 
 class PriceError(ValueError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from nexus_grpc.domain.money import MAX_AMOUNT_NANO, MAX_TOTAL_NANO, clamp_amount, saturate
 from nexus_grpc.domain.months import month_of, month_start, next_month_start, previous_month
 from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.errors import LedgerError
@@ -44,21 +45,6 @@ __all__ = [
 ]
 
 GLOBAL_SCOPE = GLOBAL
-
-# One reservation or charge: at most 2**53 nano-USD (about 9 million USD; exact as a double too).
-MAX_AMOUNT_NANO = 2**53
-# A scope's spent or reserved total saturates here (about 2.3 billion USD), far below int64.
-MAX_TOTAL_NANO = 2**61
-
-
-def clamp_amount(nano: int) -> int:
-    """An amount as stored: 0..MAX_AMOUNT_NANO."""
-    return 0 if nano < 0 else min(nano, MAX_AMOUNT_NANO)
-
-
-def saturate(total: int) -> int:
-    """A total as stored: 0..MAX_TOTAL_NANO."""
-    return 0 if total < 0 else min(total, MAX_TOTAL_NANO)
 
 
 class Totals(NamedTuple):
