@@ -10,6 +10,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,13 +64,13 @@ OPEN_RPCS = 64  # beyond the unary and stream budgets: health checks and reflect
 ADMIN_SYNC_INTERVAL = 0.2  # seconds between reads of the other workers' admin changes
 
 
-def make_ledger(config: Config) -> Ledger:
+def make_ledger(config: Config, wall: Callable[[], float] = time.time) -> Ledger:
     kind = config.ledger.kind
     if kind == "memory":
         return MemoryLedger()
     from nexus_grpc.ledger.factory import make_ledger as factory
 
-    return factory(kind, path=config.ledger.path, url=config.ledger.url)
+    return factory(kind, path=config.ledger.path, url=config.ledger.url, wall=wall)
 
 
 @dataclass
@@ -82,13 +83,25 @@ class ServeOptions:
 class Runtime:
     """One serving process: the engine, its server and its background upkeep."""
 
-    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock` (monotonic seconds) and `wall` (epoch seconds) are the time every part reads:
+        tests inject fake ones and move them instead of sleeping."""
         self.config_path = config_path
+        self.clock, self.wall = clock, wall
         self.settings = config.settings  # process settings: kept for the life of the process
         self.demo = config_path is None and config.source == "<demo>"
-        self.registry = Registry(config, time.monotonic)
+        self.registry = Registry(config, clock)
         pipeline = Pipeline(default_stages(), fast=RouteIndex())
-        self.engine = DecisionEngine(self.registry, pipeline, make_ledger(config))
+        self.engine = DecisionEngine(
+            self.registry, pipeline, make_ledger(config, wall), clock=clock, wall=wall
+        )
         self.health = health_aio.HealthServicer()
         self.config_loaded_at = _iso_now()
         server = config.server
@@ -109,7 +122,7 @@ class Runtime:
         self._stopped = asyncio.Event()
         self._serving_health = False
         self._ledger_unwritable = False
-        self.prober = HealthProber(self.registry, on_change=self.engine.watch.notify)
+        self.prober = HealthProber(self.registry, on_change=self.engine.watch.notify, clock=clock)
         self._reload_lock = asyncio.Lock()  # reloads (SIGHUP, RPC, file watch) apply in order
 
     @property
@@ -336,7 +349,7 @@ class Runtime:
         engine = self.engine
         m = engine.metrics
         config = engine.config
-        month = month_of(time.time())
+        month = month_of(self.wall())
         budget: dict[str, tuple[float, int]] = {}
         limits = config.routing.budget
         for scope in [GLOBAL, *(limits.tenants if limits is not None else ())]:
@@ -460,7 +473,7 @@ class Runtime:
     def _seed_demo(self) -> None:
         ledger = self.engine.ledger
         if isinstance(ledger, MemoryLedger):
-            ledger.seed_spend(GLOBAL, month_of(time.time()), usd_to_nano(DEMO_SEED_SPEND_USD))
+            ledger.seed_spend(GLOBAL, month_of(self.wall()), usd_to_nano(DEMO_SEED_SPEND_USD))
         self._roll_demo_loading()
 
     def _roll_demo_loading(self) -> None:
@@ -468,7 +481,7 @@ class Runtime:
         if found is None:
             return
         live = found[1]
-        if live.status != BackendStatus.LOADING or live.loading_eta_ms(time.monotonic()) < 5000:
+        if live.status != BackendStatus.LOADING or live.loading_eta_ms(self.clock()) < 5000:
             progress = ((live.loading_progress or 0) + 17) % 90 + 5
             self.registry.set_state(
                 DEMO_LOADING_BACKEND, BackendStatus.LOADING, eta_ms=20000, progress=progress, admin=False
@@ -476,7 +489,7 @@ class Runtime:
 
     async def _upkeep(self) -> None:
         """Once a second: expire in-flight entries; on its interval, refresh the ledger."""
-        last_refresh = time.monotonic()
+        last_refresh = self.clock()
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -484,10 +497,10 @@ class Runtime:
                 await self._check_ledger()
                 budget = self.config.routing.budget
                 interval = budget.reconciliation_interval_secs if budget else 60.0
-                if time.monotonic() - last_refresh >= interval:
-                    last_refresh = time.monotonic()
+                if self.clock() - last_refresh >= interval:
+                    last_refresh = self.clock()
                     # reservations whose holder never settled them (e.g. a replica that died)
-                    await self.engine.ledger.expire(time.time())
+                    await self.engine.ledger.expire(self.wall())
                     await self.engine.ledger.refresh()
                 if self.demo:
                     self._roll_demo_loading()

@@ -39,6 +39,9 @@ def fingerprint(path: Path) -> Fingerprint:
 
 
 class ConfigWatcher:
+    """`run()` polls on its own; tests drive `start()` and `poll()` directly, with `sleep`
+    replaced so that no test waits in real time."""
+
     def __init__(
         self,
         path: Path,
@@ -47,14 +50,17 @@ class ConfigWatcher:
         *,
         poll_seconds: float = POLL_SECONDS,
         settle_seconds: float = SETTLE_SECONDS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.path = path
         self._reload = reload
         self._active_version = active_version
         self.poll_seconds = poll_seconds
         self.settle_seconds = settle_seconds
+        self._sleep = sleep
         self.reloads = 0  # reloads this watcher started (successful or not)
         self._missing_logged = False
+        self._seen: Fingerprint | None = None
 
     async def _read(self) -> Fingerprint | None:
         try:
@@ -67,30 +73,40 @@ class ConfigWatcher:
         self._missing_logged = False
         return found
 
+    async def start(self) -> None:
+        """Take the first fingerprint: what the file holds now counts as seen."""
+        self._seen = await self._read()
+
     async def run(self) -> None:
-        seen = await self._read()
+        await self.start()
         while True:
-            await asyncio.sleep(self.poll_seconds)
+            await self._sleep(self.poll_seconds)
             try:
-                current = await self._read()
-                if current is None or current == seen:
-                    continue
-                # let a writer finish: reload only once the file holds still
-                while True:
-                    await asyncio.sleep(self.settle_seconds)
-                    settled = await self._read()
-                    if settled is None or settled == current:
-                        break
-                    current = settled
-                same = seen is not None and current.version == seen.version
-                seen = current
-                if same:
-                    continue  # touched, not changed
-                if current.version == self._active_version():
-                    continue  # already active (a SIGHUP or ReloadConfig got there first)
-                await self._reload_once()
+                await self.poll()
             except Exception:  # the watcher must outlive a bug
                 log.exception("watch_config: checking %s failed; retrying", self.path)
+
+    async def poll(self) -> bool:
+        """One look at the file; True when it started a reload."""
+        seen = self._seen
+        current = await self._read()
+        if current is None or current == seen:
+            return False
+        # let a writer finish: reload only once the file holds still
+        while True:
+            await self._sleep(self.settle_seconds)
+            settled = await self._read()
+            if settled is None or settled == current:
+                break
+            current = settled
+        same = seen is not None and current.version == seen.version
+        self._seen = current
+        if same:
+            return False  # touched, not changed
+        if current.version == self._active_version():
+            return False  # already active (a SIGHUP or ReloadConfig got there first)
+        await self._reload_once()
+        return True
 
     async def _reload_once(self) -> None:
         self.reloads += 1

@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -56,11 +57,15 @@ class TestServer:
         listen: str = DEFAULT_LISTEN,
         start_timeout: float = 15.0,
         channel_options: list[tuple[str, Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` and `wall`: the server's time (e.g. a `FakeClock` the test moves)."""
         given = sum(x is not None for x in (config, config_text, config_path))
         if given > 1:
             raise ValueError("pass at most one of config, config_text, config_path")
         self._config = config
+        self._clock, self._wall = clock, wall
         self._config_text = config_text
         self._config_path = Path(config_path) if config_path is not None else None
         self.listen = listen
@@ -128,7 +133,7 @@ class TestServer:
         thread.start()
 
         async def boot() -> Runtime:
-            runtime = Runtime(config, config_path=self._config_path)
+            runtime = Runtime(config, config_path=self._config_path, clock=self._clock, wall=self._wall)
             await runtime.start(ServeOptions(listen=self.listen))
             return runtime
 

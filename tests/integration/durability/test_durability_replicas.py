@@ -186,9 +186,11 @@ def test_replicas_share_one_hard_limit(launch: Launch, redis: RedisServer, tmp_p
 
     reported = sum(r.cost_nano for r in records)
     cloud = [r for r in records if r.backend in CLOUD]
-    time.sleep(3 * REFRESH_SECS)
-    for r in replicas:
-        assert r.spent_reserved() == (reported, 0), r.target  # exact, on every replica
+    deadline = time.monotonic() + 10 * REFRESH_SECS + 10
+    for r in replicas:  # every replica converges to the exact sum (within its refresh interval)
+        while r.spent_reserved() != (reported, 0):
+            assert time.monotonic() < deadline, (r.target, r.spent_reserved(), reported)
+            time.sleep(0.05)
 
     overshoot = reported - limit
     in_flight_bound = len(threads) * max(r.cost_nano - ESTIMATE_NANO for r in cloud)

@@ -196,12 +196,18 @@ def test_workers_share_the_port_and_charge_each_outcome_once(serve: Serve, tmp_p
                 backend_id="a", status=tpb.BACKEND_STATUS_DRAINING, reason="maintenance"
             )
         )
-    time.sleep(1.0)  # workers read each other's changes every 0.2 s
-    for i in range(12):
+    # workers read each other's changes every 0.2 s: wait until 12 calls in a row, each on its own
+    # connection (so on either worker), see the drain
+    in_a_row, deadline = 0, time.monotonic() + 20
+    while in_a_row < 12:
+        assert time.monotonic() < deadline, "the admin change never reached every worker"
         with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            resp = dgrpc.DecisionServiceStub(channel).Decide(dpb.DecideRequest(request_id=f"d{i}", model="m"))
-            assert resp.WhichOneof("decision") == "reject", resp
-            assert resp.reject.reasons[0].code == tpb.EXCLUSION_CODE_DRAINING
+            resp = dgrpc.DecisionServiceStub(channel).Decide(dpb.DecideRequest(model="m"))
+        drained = (
+            resp.WhichOneof("decision") == "reject"
+            and resp.reject.reasons[0].code == tpb.EXCLUSION_CODE_DRAINING
+        )
+        in_a_row = in_a_row + 1 if drained else 0
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert _children(proc) == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
+from nexus_grpc.testing.clock import FakeClock
 from nexus_grpc.testing.server import TestServer
 
 StubsOf = Callable[[TestServer], Any]
@@ -129,26 +129,27 @@ def test_remove_backend(small: TestServer, stubs_of: StubsOf, error_of: ErrorOf)
     assert code == grpc.StatusCode.NOT_FOUND
 
 
-def test_loading_eta_counts_down_and_stays_zero(small: TestServer, stubs_of: StubsOf) -> None:
-    s = stubs_of(small)
+def test_loading_eta_counts_down_and_stays_zero(
+    start_server: Callable[..., TestServer], small_toml: str, stubs_of: StubsOf
+) -> None:
+    clock = FakeClock()
+    s = stubs_of(start_server(config_text=small_toml, clock=clock))
     set_resp = set_state(
         s, "local", tpb.BACKEND_STATUS_LOADING, loading_eta_ms=600, loading_progress_percent=40
     )
     assert set_resp.status == tpb.BACKEND_STATUS_LOADING
-    first = set_resp.loading_eta_ms
-    assert 0 < first <= 600
+    assert set_resp.loading_eta_ms == 600
     assert set_resp.loading_progress_percent == 40
-    time.sleep(0.25)
-    later = get(s, "local").loading_eta_ms
-    assert later <= max(0, first - 200)  # counts down from when it was set
-    time.sleep(0.65)
+    clock.advance(0.25)
+    assert get(s, "local").loading_eta_ms == 350  # counts down from when it was set
+    clock.advance(0.65)
     done = get(s, "local")
     assert done.loading_eta_ms == 0
     assert done.status == tpb.BACKEND_STATUS_LOADING  # until an admin or a probe changes it
     # ETA run out: the queue wait is max_wait_ms
     q = s.decision.Decide(dpb.DecideRequest(model="m"), timeout=5)
     assert q.queue.estimated_wait_ms == 5000, q
-    time.sleep(0.1)
+    clock.advance(10.0)
     assert get(s, "local").loading_eta_ms == 0
 
 

@@ -116,7 +116,6 @@ def test_held_streams_wake_high_priority_first() -> None:
         await first.read()
         routed = await asyncio.wait_for(high.read(), 5)
         assert mutations(routed)["x-nexus-request-id"] == "high"
-        await asyncio.sleep(0.1)
         assert envoy_stats(runtime.engine).holds == 2
         await high.write(response_headers_msg(200))
         await high.read()
@@ -159,7 +158,11 @@ def test_a_held_stream_that_is_cancelled_leaves_nothing_behind() -> None:
         await held.write(headers_msg(x_nexus_model="m"))
         assert (await held.read()).HasField("override_message_timeout")
         held.cancel()
-        await asyncio.sleep(0.1)
+        for _ in range(500):  # until the server has seen the cancellation and ended the hold
+            if runtime.state.streams_active == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert runtime.state.streams_active == 1
         await first.write(response_headers_msg(200))
         await first.read()
         await first.done_writing()

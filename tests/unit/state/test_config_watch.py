@@ -1,4 +1,7 @@
-"""`[server] watch_config`: the file watcher reloads on a change, once per distinct content."""
+"""`[server] watch_config`: the file watcher reloads on a change, once per distinct content.
+
+The watcher is driven step by step (`start`, then one `poll` per look at the file) with a sleep
+that returns at once: no test waits in real time."""
 
 from __future__ import annotations
 
@@ -12,8 +15,6 @@ import pytest
 
 from nexus_grpc.config.errors import ConfigError, ConfigIssue
 from nexus_grpc.state.reload import ConfigWatcher, fingerprint
-
-FAST = {"poll_seconds": 0.02, "settle_seconds": 0.01}
 
 
 def version_of(text: str) -> str:
@@ -38,26 +39,16 @@ class Target:
         self.active = version_of(text)
 
 
-async def settle(cond: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+async def no_wait(seconds: float) -> None:
+    return None
 
 
 def with_watcher(path: Path, body: Callable[[Target, ConfigWatcher], Awaitable[None]]) -> None:
     async def main() -> None:
         target = Target(path)
-        watcher = ConfigWatcher(path, target.reload, lambda: target.active, **FAST)
-        task = asyncio.create_task(watcher.run())
-        await asyncio.sleep(0.05)  # the first fingerprint is taken
-        try:
-            await body(target, watcher)
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        watcher = ConfigWatcher(path, target.reload, lambda: target.active, sleep=no_wait)
+        await watcher.start()
+        await body(target, watcher)
 
     asyncio.run(main())
 
@@ -74,12 +65,13 @@ def test_a_change_reloads_once_and_a_touch_does_not(tmp_path: Path) -> None:
     path.write_text("v = 1\n")
 
     async def body(target: Target, watcher: ConfigWatcher) -> None:
-        await asyncio.sleep(0.1)
+        assert not await watcher.poll()
         assert target.calls == []
         path.write_text("v = 2\n")  # same size: the hash tells
-        await settle(lambda: target.active == version_of("v = 2\n"))
+        assert await watcher.poll()
+        assert target.active == version_of("v = 2\n")
         os.utime(path, ns=(1, 1))  # touched, same content
-        await asyncio.sleep(0.15)
+        assert not await watcher.poll()
         assert target.calls == ["v = 2\n"]
 
     with_watcher(path, body)
@@ -91,12 +83,14 @@ def test_a_bad_file_counts_once_and_the_next_good_one_applies(tmp_path: Path) ->
 
     async def body(target: Target, watcher: ConfigWatcher) -> None:
         path.write_text("v = bad\n")
-        await settle(lambda: target.failures == 1)
-        await asyncio.sleep(0.2)
-        assert target.failures == 1  # not once per poll
+        assert await watcher.poll()
+        for _ in range(3):
+            assert not await watcher.poll()  # not once per poll
+        assert target.failures == 1
         assert target.active == version_of("v = 1\n")
         path.write_text("v = 3\n")
-        await settle(lambda: target.active == version_of("v = 3\n"))
+        assert await watcher.poll()
+        assert target.active == version_of("v = 3\n")
         assert watcher.reloads == 2
 
     with_watcher(path, body)
@@ -109,12 +103,62 @@ def test_content_already_active_is_not_reloaded_and_a_missing_file_waits(tmp_pat
     async def body(target: Target, watcher: ConfigWatcher) -> None:
         target.active = version_of("v = 2\n")  # a SIGHUP already applied it
         path.write_text("v = 2\n")
-        await asyncio.sleep(0.15)
+        assert not await watcher.poll()
         assert target.calls == []
         path.unlink()
-        await asyncio.sleep(0.1)
+        assert not await watcher.poll()
         path.write_text("v = 4\n")  # back (a rename-into-place finished)
-        await settle(lambda: target.active == version_of("v = 4\n"))
+        assert await watcher.poll()
         assert target.calls == ["v = 4\n"]
 
     with_watcher(path, body)
+
+
+def test_a_file_still_being_written_is_read_once_it_holds_still(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("v = 1\n")
+    writes = iter(["v = 2 # half\n", "v = 2 # done, longer\n"])
+
+    async def writer_still_busy(seconds: float) -> None:
+        text = next(writes, None)  # the writer changes the file between two looks
+        if text is not None:
+            path.write_text(text)
+
+    async def main() -> None:
+        target = Target(path)
+        watcher = ConfigWatcher(path, target.reload, lambda: target.active, sleep=writer_still_busy)
+        await watcher.start()
+        path.write_text("v = 2\n")
+        assert await watcher.poll()
+        assert target.calls == ["v = 2 # done, longer\n"]  # only the settled content
+
+    asyncio.run(main())
+
+
+def test_run_polls_until_cancelled(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("v = 1\n")
+
+    async def main() -> None:
+        target = Target(path)
+        looked = asyncio.Event()
+        polls = 0
+
+        async def tick(seconds: float) -> None:
+            nonlocal polls
+            polls += 1
+            if polls == 3:
+                path.write_text("v = 2\n")
+            if target.calls:
+                looked.set()
+            await asyncio.sleep(0)
+
+        watcher = ConfigWatcher(path, target.reload, lambda: target.active, sleep=tick)
+        task = asyncio.create_task(watcher.run())
+        await asyncio.wait_for(looked.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert target.calls == ["v = 2\n"]
+
+    asyncio.run(main())
