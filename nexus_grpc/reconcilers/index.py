@@ -34,7 +34,7 @@ from nexus_grpc.domain.enums import ExclusionCode, PrivacyZone, TierMode
 from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import Price
 from nexus_grpc.domain.request import DecisionRequest
-from nexus_grpc.domain.scopes import scopes_for
+from nexus_grpc.domain.scopes import GLOBAL, scopes_for
 from nexus_grpc.pipeline.executor import INDEX, MAX_EXCLUSIONS
 from nexus_grpc.pipeline.snapshot import Candidate, EffectivePolicy, Fleet, Snapshot
 from nexus_grpc.reconcilers.budget import NAME as BUDGET
@@ -56,6 +56,7 @@ from nexus_grpc.reconcilers.tier import NAME as TIER
 from nexus_grpc.reconcilers.tier import tier_rule
 
 SETS_KEPT = 256  # ranked sets per fleet version (least recently used dropped)
+CHECKS_KEPT = 4096  # budget verdicts kept per fleet version
 INDEXED_STRATEGIES = ("smart", "priority_only")
 
 # live classes of a candidate that passed the static rules, in stage order
@@ -477,6 +478,7 @@ class RouteIndex:
     def __init__(self) -> None:
         self._fleet: Fleet | None = None
         self._sets: OrderedDict[tuple[object, ...], RankedSet] = OrderedDict()
+        self._checks: dict[tuple[object, ...], BudgetCheck] = {}
 
     def route(self, request: DecisionRequest, snap: Snapshot, decision_id: str) -> Decision | None:
         """An indexed Route, or None when the stages must decide (see the module docstring)."""
@@ -509,10 +511,24 @@ class RouteIndex:
                 self._sets.popitem(last=False)[1].detach()
         else:
             self._sets.move_to_end(key)
-        check = budget_check(snap, request.tenant, policy.max_cost_nano)
-        return ranked.route(request, snap, check, decision_id, t0)
+        return ranked.route(
+            request, snap, self._budget(snap, request.tenant, policy.max_cost_nano), decision_id, t0
+        )
+
+    def _budget(self, snap: Snapshot, tenant: str, cap: int | None) -> BudgetCheck:
+        """The budget stage's verdict for this request: the same as long as the totals it reads,
+        the month, the tenant and the cap are (the fleet's config is fixed per index)."""
+        month = snap.month
+        key = (tenant, cap, month, snap.totals(GLOBAL, month), snap.totals(tenant, month) if tenant else None)
+        cached = self._checks.get(key)
+        if cached is None:
+            if len(self._checks) >= CHECKS_KEPT:
+                self._checks.clear()
+            cached = self._checks[key] = budget_check(snap, tenant, cap)
+        return cached
 
     def reset(self) -> None:
+        self._checks.clear()
         for ranked in self._sets.values():
             ranked.detach()
         self._sets.clear()
