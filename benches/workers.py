@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _fleet
 import grpc
-from e2e import DECIDE, decide_request, frame, free_port, nexus_command, point, process, wait_ready
+from e2e import DECIDE, Target, decide_request, frame, free_port, nexus_command, point, process, wait_ready
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
 
@@ -56,19 +56,8 @@ def run(quick: bool, h2: str) -> dict[str, Any]:
                 with process(cmd, tmp / f"serve-{workers}.log") as proc:
                     wait_ready(proc, port, tmp / f"serve-{workers}.log")
                     check_routes(port)
-                    pt = point(
-                        h2,
-                        f"workers={workers}",
-                        port,
-                        proc.pid,
-                        "Decide",
-                        DECIDE,
-                        body,
-                        64,
-                        seconds,
-                        warmup,
-                        tmp,
-                    )
+                    target = Target(f"workers={workers}", port, proc.pid, {"Decide": (DECIDE, body)})
+                    pt = point(h2, target, "Decide", "8", seconds, warmup, tmp)  # 8 x 8 streams
                     if pt.failed:
                         raise RuntimeError(f"{pt.failed} failed requests with --workers {workers}")
                     rps[workers].append(pt.rps)
