@@ -49,7 +49,9 @@ def run(quick: bool, h2: str) -> dict[str, Any]:
         for _ in range(rounds):
             for workers in (1, 2):
                 config = tmp / f"nexus-{workers}.toml"
-                text = _fleet.fleet_toml(100).replace('kind = "memory"', 'kind = "sqlite"')
+                text = _fleet.fleet_toml(100, in_flight_ttl_seconds=1.0).replace(
+                    'kind = "memory"', 'kind = "sqlite"'
+                )
                 config.write_text(text.replace("[ledger]", f'[ledger]\npath = "ledger-{workers}.db"', 1))
                 port = free_port()
                 cmd = [*nexus_command(config, port), "--workers", str(workers)]
@@ -86,12 +88,15 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    watch = _fleet.CpuWatch()
     payload = run(args.quick, h2)
+    payload["other_processes_cpu_cores"] = round(watch.other_cores(), 2)
     path = _fleet.write_result("workers", payload)
     print(
         f"\n--workers 2 / --workers 1 Decide throughput: {payload['ratio']:.2f}x "
         f"({payload['median_rps']['2']:.0f} vs {payload['median_rps']['1']:.0f} req/s); wrote {path}"
     )
+    _fleet.noise_note(payload["other_processes_cpu_cores"])
     return 0
 
 
