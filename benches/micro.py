@@ -1,11 +1,12 @@
 """Micro-benchmarks behind the findings in benches/README.md (this machine's costs of the building
 blocks a Decide uses). Each line: best of 5 repeats, nanoseconds per operation.
 
-    ./dev bench micro               # ~30 s; writes benches/results/micro.json
+    ./dev bench micro [--quick]     # ~30 s either way; writes benches/results/micro.json
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import heapq
 import sys
@@ -90,6 +91,13 @@ def wire_rows() -> dict[str, float]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="accepted for ./dev bench; the run is short anyway"
+    )
+    parser.parse_args()
     watch = _fleet.CpuWatch()
     code = ExclusionCode.PRIVACY_ZONE
     args = ("b1", "bench-model", "PrivacyReconciler", code, "reason", "action")
