@@ -128,9 +128,19 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    """CPU seconds (utime + stime) of the process group `pid` leads: the server and its workers
+    (`serve --workers N` forks them; every server here is started in a session of its own)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if int(fields[2]) == pid:  # pgrp
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 # --- requests ----------------------------------------------------------------------------------
