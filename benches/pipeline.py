@@ -1,9 +1,9 @@
 """In-process decision latency: `DecisionEngine.decide` for a Route, a Queue and a Reject, and
 the encoding of its Decide response, at 10 / 100 / 1 000 / 10 000 candidates.
 
-    .venv/bin/python benches/pipeline.py --quick      # ~3 min; writes benches/results/pipeline.json
-    .venv/bin/python benches/pipeline.py              # longer runs, steadier tails (~10 min)
-    .venv/bin/python benches/pipeline.py --profile    # pyinstrument + cProfile, Route at 100 and 1 000
+    ./dev bench pipeline --quick      # ~1.5 min; writes benches/results/pipeline.json
+    ./dev bench pipeline              # longer runs, steadier tails (~10 min)
+    ./dev bench pipeline --profile    # pyinstrument + cProfile, Route at 100 and 1 000
 
 One sample is `await engine.decide(request)` timed with `time.perf_counter_ns` (the snapshot, the
 route index or the stages, the verdict, a Route's side effects: decision id, in-flight slot; the
@@ -356,7 +356,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="about 6 s per case (whole run ~3 min)")
+    parser.add_argument("--quick", action="store_true", help="about 6 s per case (whole run ~1.5 min)")
     parser.add_argument(
         "--only", default=",".join(CASES), help=f"comma-separated cases of {', '.join(CASES)}"
     )

@@ -1,6 +1,6 @@
 """`serve --workers 1` versus `--workers 2` on one port, same run: Decide throughput under h2load.
 
-    .venv/bin/python benches/workers.py --quick      # about 1 min; writes benches/results/workers.json
+    ./dev bench workers --quick      # about 1 min; writes benches/results/workers.json
 
 Both servers load the same 100-backend bench fleet with the sqlite ledger (the default for
 `serve`), and are measured in alternating rounds at concurrency 64 over 8 connections (the kernel
