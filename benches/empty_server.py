@@ -1,12 +1,17 @@
-"""The ceiling for benches/e2e.py: an EMPTY unary handler on the same server stack as nexus-grpc.
+"""The floors for benches/e2e.py: handlers on the same server stack as nexus-grpc that do no work.
 
 Same stack as `nexus-grpc serve` (one process): uvloop installed, `grpc.aio.server` with the same
-channel options (`grpc.so_reuseport` 0, 4 MiB message limits) and `maximum_concurrent_rpcs` 1024.
-Every method answers an empty message at once (raw bytes, no protobuf work), so h2load can send it
-the same gRPC frames it sends the real server. `--interceptor` adds one pass-through async
-`ServerInterceptor`, the shape of nexus-grpc's GateInterceptor, to price that layer.
+channel options (`grpc.so_reuseport` 0, 4 MiB message limits) and a `maximum_concurrent_rpcs`.
+Every method path is answered by one unary handler:
 
-    .venv/bin/python benches/empty_server.py --listen 127.0.0.1:50099 [--interceptor]
+- `--mode raw`: returns empty bytes at once, no (de)serializer — the grpc.aio floor;
+- `--mode proto`: decodes the request as a `DecideRequest` and answers a minimal `DecideResponse`
+  (the request id, a Route with a backend id and a decision id), through the generated message
+  classes as grpc's (de)serializers — the protobuf floor of a Decide;
+- `--interceptor`: adds one pass-through async `grpc.aio.ServerInterceptor`, to price that layer
+  (nexus-grpc has none: its gate is inside the method handlers).
+
+    .venv/bin/python benches/empty_server.py --listen 127.0.0.1:50099 [--mode proto] [--interceptor]
 
 Started and stopped by benches/e2e.py; SIGTERM/SIGINT stop it at once.
 """
@@ -18,24 +23,49 @@ import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
+
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # nexus-grpc's [limits] max_message_bytes default
-MAX_CONCURRENT_RPCS = 1024  # nexus-grpc's [server] max_concurrent_rpcs default
+# nexus-grpc's grpc.aio ceiling: max_concurrent_rpcs + max_concurrent_streams (defaults) + 64
+MAX_CONCURRENT_RPCS = 1024 + 1024 + 64
 
 
-async def _empty(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+async def _raw(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
     return b""
 
 
-_HANDLER = grpc.unary_unary_rpc_method_handler(_empty)  # no (de)serializers: raw bytes
+async def _proto(
+    request: dpb.DecideRequest, context: grpc.aio.ServicerContext[Any, Any]
+) -> dpb.DecideResponse:
+    return dpb.DecideResponse(
+        request_id=request.request_id,
+        route=dpb.Route(backend_id="s0", decision_id="0123456789abcdef-1"),
+    )
+
+
+HANDLERS = {
+    "raw": grpc.unary_unary_rpc_method_handler(_raw),  # no (de)serializers: raw bytes
+    "proto": grpc.unary_unary_rpc_method_handler(
+        _proto,
+        request_deserializer=dpb.DecideRequest.FromString,
+        response_serializer=dpb.DecideResponse.SerializeToString,
+    ),
+}
 
 
 class _AnyMethod(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    def __init__(self, handler: grpc.RpcMethodHandler[Any, Any]) -> None:
+        self.handler = handler
+
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
-        return _HANDLER
+        return self.handler
 
 
 class _PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -47,7 +77,7 @@ class _PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return await continuation(details)
 
 
-async def serve(listen: str, interceptor: bool) -> None:
+async def serve(listen: str, mode: str, interceptor: bool) -> None:
     server = grpc.aio.server(
         interceptors=[_PassThrough()] if interceptor else None,
         options=[
@@ -57,7 +87,7 @@ async def serve(listen: str, interceptor: bool) -> None:
         ],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
-    server.add_generic_rpc_handlers((_AnyMethod(),))
+    server.add_generic_rpc_handlers((_AnyMethod(HANDLERS[mode]),))
     if server.add_insecure_port(listen) == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
@@ -65,20 +95,21 @@ async def serve(listen: str, interceptor: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"empty server listening on {listen}", flush=True)
+    print(f"{mode} server{' + interceptor' if interceptor else ''} listening on {listen}", flush=True)
     await stop.wait()
     await server.stop(0)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="empty unary gRPC handler (bench ceiling)")
+    parser = argparse.ArgumentParser(description="no-work unary gRPC handlers (bench floors)")
     parser.add_argument("--listen", required=True)
+    parser.add_argument("--mode", choices=sorted(HANDLERS), default="raw")
     parser.add_argument("--interceptor", action="store_true", help="add a pass-through interceptor")
     args = parser.parse_args()
     import uvloop
 
     uvloop.install()
-    asyncio.run(serve(args.listen, args.interceptor))
+    asyncio.run(serve(args.listen, args.mode, args.interceptor))
     return 0
 
 

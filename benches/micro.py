@@ -1,11 +1,13 @@
-"""Micro-benchmarks behind the hot-path suggestions in benches/README.md (this machine's costs of
-the building blocks a Decide uses). Each line: best of 5 repeats, nanoseconds per operation.
+"""Micro-benchmarks behind the findings in benches/README.md (this machine's costs of the building
+blocks a Decide uses). Each line: best of 5 repeats, nanoseconds per operation.
 
-    .venv/bin/python benches/micro.py               # ~20 s; writes benches/results/micro.json
+    ./dev bench micro [--quick]     # ~30 s either way; writes benches/results/micro.json
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import heapq
 import sys
 import timeit
@@ -21,6 +23,7 @@ import _fleet
 from nexus_grpc.domain.decision import Exclusion
 from nexus_grpc.domain.enums import ExclusionCode
 from nexus_grpc.ledger.base import month_of
+from nexus_grpc.servicers import wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,40 @@ def _rank(entry: tuple[int, int, object]) -> tuple[int, int]:
     return entry[0], entry[1]
 
 
+def wire_rows() -> dict[str, float]:
+    """The Decide response encoder's pieces, on a real Route decision of the bench fleet."""
+    import pipeline
+
+    async def decision_of(n: int) -> Any:
+        engine = await pipeline.build_engine(n)
+        return await engine.decide(_fleet.bench_request("micro"))
+
+    rows: dict[str, float] = {}
+    for n in (10, 100):
+        d = asyncio.run(decision_of(n))
+        rows[f"wire.decide_response: Route, {len(d.exclusions)} reasons (fleet of {n})"] = ns(
+            lambda d=d: wire.decide_response(d), 2000
+        )
+        rows[f"  of which the reasons field ({len(d.exclusions)} cached reasons)"] = ns(
+            lambda d=d: wire._reasons_field(9, d.exclusions), 2000
+        )
+        if n == 10:
+            rows["  of which budget_bytes (encoded per response)"] = ns(
+                lambda d=d: wire.budget_bytes(d.budget)
+            )
+    rows["wire._key(9, 2): a constant tag, computed per field"] = ns(lambda: wire._key(9, 2))
+    return rows
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="accepted for ./dev bench; the run is short anyway"
+    )
+    parser.parse_args()
+    watch = _fleet.CpuWatch()
     code = ExclusionCode.PRIVACY_ZONE
     args = ("b1", "bench-model", "PrivacyReconciler", code, "reason", "action")
     rows: dict[str, float] = {
@@ -95,9 +131,13 @@ def main() -> int:
         rows[f"top-4 of {n}: heapq.nsmallest(key=_rank)"] = ns(keyed, 5000)
         rows[f"top-4 of {n}: heapq.nsmallest (no key)"] = ns(plain, 5000)
         rows[f"top-4 of {n}: sorted()[:4]"] = ns(sort, 5000)
+    rows.update(wire_rows())
     print(_fleet.table(["operation", "ns"], [[k, f"{v:.0f}"] for k, v in rows.items()]))
-    path = _fleet.write_result("micro", {"bench": "micro", "machine": _fleet.machine(), "ns": rows})
+    other = round(watch.other_cores(), 2)
+    payload = {"bench": "micro", "machine": _fleet.machine(), "ns": rows, "other_processes_cpu_cores": other}
+    path = _fleet.write_result("micro", payload)
     print(f"\nwrote {path}")
+    _fleet.noise_note(other)
     return 0
 
 

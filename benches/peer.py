@@ -1,200 +1,171 @@
-"""Versus a peer: LiteLLM's in-process `Router` and our pipeline on 100 deployments of one model.
+"""Versus a peer: LiteLLM's in-process `Router` and our engine on 100 deployments of one model,
+against two LiteLLM releases, each in its own venv, our engine timed in the same process.
 
-    .venv/bin/pip install litellm==1.100.5          # the bench extra; NEVER another version
-    .venv/bin/python benches/peer.py --quick        # about 1 min; writes benches/results/peer.json
+    ./dev bench peer --quick        # ~3 min (the first run makes the venvs); writes results/peer.json
+    ./dev bench peer                # 20 s of samples per contender
 
-LiteLLM (pinned 1.100.5): `await Router.async_get_available_deployment(model=..., messages=...,
-request_kwargs={})` with `simple-shuffle`, `least-busy` and `latency-based-routing`, over 100
-deployments with fake `api_base`/`api_key` (nothing is called: selection only). The cost map is the
-local copy (`LITELLM_LOCAL_MODEL_COST_MAP=True`), so nothing is fetched.
+For each version (the newest release that installs here, and the pinned 1.100.5) this makes
+`benches/.venv-litellm-<version>` once — `litellm==<version>` and nexus-grpc's runtime
+dependencies, every package pinned by `benches/litellm-<version>.lock` (written on first install,
+committed) — and runs `benches/_peer_driver.py` in it. The driver imports nexus_grpc from this
+repository (sys.path), builds LiteLLM routers and our engines in one process and times them in
+alternating blocks of 200 calls:
 
-Ours, in the same process and run: `await DecisionEngine.decide(request)` (snapshot, every stage,
-verdict, in-flight slot, reservation; the flight expired afterwards, untimed) on
-- `nexus full`: the bench fleet of benches/pipeline.py at 100 backends, every stage active, and
-- `nexus plain`: 100 healthy open backends, smart strategy, no policy, budget or stats — the same
-  knowledge LiteLLM's Router has.
-All contenders run interleaved, in alternating blocks, so machine noise hits them alike. The
-ratio is LiteLLM's microseconds per decision over ours (p50 and mean; > 1 means we are faster).
+- LiteLLM: `await Router.async_get_available_deployment(model=..., messages=..., request_kwargs={})`
+  (the per-request pick of LiteLLM's proxy; in 1.110 a deprecated shim over `Router.select`, which
+  the 1.110 proxy calls and which is timed too, as `[select]`) with `simple-shuffle`, `least-busy`,
+  `latency-based-routing` and `usage-based-routing-v2`, over 100 deployments with fake `api_base`
+  and `api_key` (selection only; an audit hook refuses and counts any socket connect), the cost
+  map read from the wheel (`LITELLM_LOCAL_MODEL_COST_MAP=True`);
+- ours: `await DecisionEngine.decide(request)` on `nexus full` (the bench fleet at 100 backends,
+  every stage active, the route index deciding) and `nexus plain` (100 healthy open backends,
+  smart strategy, no policy, budget or stats: what LiteLLM's Router knows); the Route's slot is
+  expired after each call, untimed.
+
+The ratio is LiteLLM's microseconds per pick over ours (> 1: we are faster). Versions 1.82.7 and
+1.82.8 (malicious releases) and 1.107.0 (reported compromised, no longer on the index) are refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
+import hashlib
+import json
 import os
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+import tomllib
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("LITELLM_LOG", "ERROR")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _fleet
-import pipeline
 
-from nexus_grpc.app import Runtime
-from nexus_grpc.config.loader import load_config_text
-from nexus_grpc.engine import DecisionEngine
-
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NEWEST = "1.110.2"  # the newest release that installed here (pip index versions litellm)
 PINNED = "1.100.5"
-STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing")
-N_DEPLOYMENTS = 100
-MESSAGES = [{"role": "user", "content": "Summarise the attached report in three bullet points."}]
-
-Call = Callable[[int], Awaitable[None]]
-
-
-def litellm_router(strategy: str) -> Any:
-    import litellm
-    from litellm.router import Router
-
-    litellm.suppress_debug_info = True
-    model_list = [
-        {
-            "model_name": _fleet.MODEL,
-            "litellm_params": {
-                "model": f"openai/{_fleet.MODEL}",
-                "api_base": f"http://127.0.0.1:9/v1/d{i}",  # never called
-                "api_key": "sk-fake",
-            },
-            "model_info": {"id": f"d{i}"},
-        }
-        for i in range(N_DEPLOYMENTS)
-    ]
-    return Router(model_list=model_list, routing_strategy=strategy)  # type: ignore[arg-type]
+VERSIONS = (NEWEST, PINNED)
+REFUSED = {
+    "1.82.7": "a malicious release",
+    "1.82.8": "a malicious release",
+    "1.107.0": "reported compromised (no longer on the index)",
+}
 
 
-def litellm_call(router: Any) -> Call:
-    async def call(i: int) -> None:
-        deployment = await router.async_get_available_deployment(
-            model=_fleet.MODEL, messages=MESSAGES, request_kwargs={}
+def _quiet(text: str) -> str:
+    """pip's output without this machine's warnings about missing local index folders."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("WARNING: Location"))
+
+
+def runtime_dependencies() -> list[str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        deps: list[str] = tomllib.load(f)["project"]["dependencies"]
+    return deps
+
+
+def ensure_venv(version: str) -> Path:
+    """benches/.venv-litellm-<version>, with every package pinned by its lock file."""
+    if version in REFUSED:
+        raise SystemExit(f"peer bench: refusing litellm {version}: {REFUSED[version]}")
+    venv = HERE / f".venv-litellm-{version}"
+    lock = HERE / f"litellm-{version}.lock"
+    python = venv / "bin" / "python"
+    wanted = [f"litellm=={version}", *runtime_dependencies()]
+    stamp_value = hashlib.sha256(
+        ("\n".join(wanted) + (lock.read_text() if lock.exists() else "")).encode()
+    ).hexdigest()[:16]
+    stamp = venv / ".installed"
+    if python.exists() and stamp.exists() and stamp.read_text() == stamp_value:
+        return python
+    if not python.exists():
+        print(f"peer bench: making {venv.relative_to(ROOT)}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
+    cmd = [*pip, "-r", str(lock)] if lock.exists() else [*pip, *wanted]
+    print(f"peer bench: installing litellm {version} ({'from its lock' if lock.exists() else 'resolving'})")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"peer bench: pip failed for litellm {version}:\n{_quiet(done.stdout + done.stderr)}"
         )
-        if deployment is None:
-            raise RuntimeError("LiteLLM returned no deployment")
-
-    return call
-
-
-def nexus_call(engine: DecisionEngine, model: str) -> Call:
-    async def call(i: int) -> None:
-        decision = await engine.decide(_fleet.bench_request(f"peer-{i}", model))
-        if decision.route is None:
-            raise RuntimeError(f"expected a route, got {decision.verdict!r}")
-
-    return call
-
-
-async def nexus_plain() -> DecisionEngine:
-    config = _fleet.with_flight_ttl(load_config_text(_fleet.plain_toml(N_DEPLOYMENTS), "<bench-plain>"), 1e-6)
-    return Runtime(config).engine
-
-
-async def run(quick: bool) -> dict[str, Any]:
-    import litellm
-
-    version = getattr(litellm, "version", None) or _installed_version()
-    contenders: dict[str, tuple[Call, DecisionEngine | None]] = {}
-    full = await pipeline.build_engine(N_DEPLOYMENTS)
-    plain = await nexus_plain()
-    contenders["nexus full (every stage)"] = (nexus_call(full, ""), full)
-    contenders["nexus plain"] = (nexus_call(plain, _fleet.MODEL), plain)
-    for strategy in STRATEGIES:
-        contenders[f"litellm {strategy}"] = (litellm_call(litellm_router(strategy)), None)
-    budget_s = 8.0 if quick else 30.0
-    block = 200
-    samples: dict[str, list[int]] = {name: [] for name in contenders}
-    # warm up and size each contender's run to its share of the time budget
-    targets: dict[str, int] = {}
-    for name, (call, engine) in contenders.items():
-        probe: list[int] = []
-        for i in range(300):
-            t0 = time.perf_counter_ns()
-            await call(i)
-            probe.append(time.perf_counter_ns() - t0)
-            if engine is not None:
-                await engine.expire_flights()
-        mean_s = sum(probe[100:]) / len(probe[100:]) / 1e9
-        targets[name] = max(1000, min(100_000, int(budget_s / mean_s)))
-    gc.collect()
-    clock = time.perf_counter_ns
-    k = 0
-    while any(len(samples[n]) < targets[n] for n in contenders):
-        for name, (call, engine) in contenders.items():
-            out = samples[name]
-            for _ in range(min(block, targets[name] - len(out))):
-                k += 1
-                t0 = clock()
-                await call(k)
-                out.append(clock() - t0)
-                if engine is not None:
-                    await engine.expire_flights()
-    rows: list[dict[str, Any]] = []
-    for name in contenders:
-        rows.append({"contender": name, **_fleet.percentiles(samples[name])})
-    ours = {r["contender"]: r for r in rows if r["contender"].startswith("nexus")}
-    ratios = []
-    for r in rows:
-        if not r["contender"].startswith("litellm"):
-            continue
-        for our_name, our in ours.items():
-            ratios.append(
-                {
-                    "litellm": r["contender"],
-                    "nexus": our_name,
-                    "p50_ratio": r["p50_us"] / our["p50_us"],
-                    "mean_ratio": r["mean_us"] / our["mean_us"],
-                }
-            )
-    return {
-        "bench": "peer",
-        "machine": _fleet.machine(),
-        "quick": quick,
-        "litellm_version": version,
-        "deployments": N_DEPLOYMENTS,
-        "results": rows,
-        "ratios": ratios,
-    }
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pins = [line for line in _quiet(installed).splitlines() if "==" in line]
+    if f"litellm=={version}" not in pins:
+        raise SystemExit(f"peer bench: litellm {version} did not install:\n{installed}")
+    if not lock.exists():
+        lock.write_text(
+            f"# benches/peer.py: the venv for litellm {version}, every package pinned (pip freeze)\n"
+            + "\n".join(sorted(pins, key=str.lower))
+            + "\n",
+            encoding="utf-8",
+        )
+        stamp_value = hashlib.sha256(("\n".join(wanted) + lock.read_text()).encode()).hexdigest()[:16]
+    stamp.write_text(stamp_value)
+    return python
 
 
-def _installed_version() -> str:
-    from importlib.metadata import version
-
-    return version("litellm")
-
-
-def report(payload: dict[str, Any]) -> None:
-    rows = [
-        [r["contender"], str(r["n"]), f"{r['p50_us']:.1f}", f"{r['p99_us']:.1f}", f"{r['mean_us']:.1f}"]
-        for r in payload["results"]
-    ]
-    print(
-        f"LiteLLM {payload['litellm_version']} vs nexus-grpc, "
-        f"{payload['deployments']} deployments, in-process"
+def drive(python: Path, seconds: float) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NEXUS_VERIFY", "VIRTUAL_ENV")}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    done = subprocess.run(
+        [str(python), str(HERE / "_peer_driver.py"), "--seconds", f"{seconds:g}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
     )
-    print(_fleet.table(["contender", "n", "p50 us", "p99 us", "mean us"], rows))
-    print()
-    rows = [
-        [r["litellm"], r["nexus"], f"{r['p50_ratio']:.2f}x", f"{r['mean_ratio']:.2f}x"]
-        for r in payload["ratios"]
-    ]
-    print("LiteLLM us per decision / ours (> 1: we are faster):")
-    print(_fleet.table(["litellm", "nexus", "p50", "mean"], rows))
-    print()
-    for t in payload["targets"]:
-        print(f"{'MET ' if t['met'] else 'MISS'}  {t['target']}: {t['measured']:.2f}")
+    if done.returncode != 0:
+        raise RuntimeError(f"the peer driver failed in {python.parent.parent.name}:\n{done.stderr[-4000:]}")
+    payload: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return payload
 
 
-def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def ratios(run: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = {r["contender"]: r for r in run["results"]}
     out = []
-    for r in payload["ratios"]:
-        if r["nexus"].startswith("nexus full"):
+    for name, r in rows.items():
+        if not name.startswith("litellm"):
+            continue
+        for ours in ("nexus full", "nexus plain"):
+            our = rows[ours]
             out.append(
                 {
-                    "target": f">= 10x faster than {r['litellm']} (every stage, p50)",
+                    "litellm": name,
+                    "nexus": ours,
+                    "p50_ratio": r["p50_us"] / our["p50_us"],
+                    "mean_ratio": r["mean_us"] / our["mean_us"],
+                    "p99_ratio": r["p99_us"] / our["p99_us"],
+                }
+            )
+    return out
+
+
+def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """>= 10x at p50 for every strategy and version, against the full fleet (every stage), and
+    against LiteLLM's faster entry point where it has two."""
+    out = []
+    for run in runs:
+        best: dict[str, dict[str, Any]] = {}
+        for r in run["ratios"]:
+            if r["nexus"] != "nexus full":
+                continue
+            strategy = r["litellm"].removeprefix("litellm ").removesuffix(" [select]")
+            if strategy not in best or r["p50_ratio"] < best[strategy]["p50_ratio"]:
+                best[strategy] = r
+        for strategy, r in best.items():
+            out.append(
+                {
+                    "target": f">= 10x faster than LiteLLM {run['litellm_version']} {strategy}"
+                    f" (p50, {r['litellm']})",
                     "measured": r["p50_ratio"],
                     "met": r["p50_ratio"] >= 10,
                 }
@@ -202,31 +173,62 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def report(payload: dict[str, Any]) -> None:
+    for run in payload["runs"]:
+        print(
+            f"\nLiteLLM {run['litellm_version']} and nexus-grpc in one process (Python {run['python']}), "
+            f"{run['deployments']} deployments, us per pick"
+        )
+        rows = [
+            [r["contender"], str(r["n"]), f"{r['p50_us']:.1f}", f"{r['p99_us']:.1f}", f"{r['mean_us']:.1f}"]
+            for r in run["results"]
+        ]
+        print(_fleet.table(["contender", "n", "p50", "p99", "mean"], rows))
+        rows = [
+            [r["litellm"], r["nexus"], f"{r['p50_ratio']:.1f}x", f"{r['mean_ratio']:.1f}x"]
+            for r in run["ratios"]
+        ]
+        print("LiteLLM / ours (> 1: we are faster):")
+        print(_fleet.table(["litellm", "nexus", "p50", "mean"], rows))
+        if run["strategy_errors"]:
+            print(f"not measured: {run['strategy_errors']}")
+        print(
+            f"socket connects refused: {len(run['connections_refused'])}; indexed: {run['indexed_decisions']}"
+        )
+    print()
+    for t in payload["targets"]:
+        print(f"{'MET ' if t['met'] else 'MISS'}  {t['target']}: {t['measured']:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="about 8 s of samples per contender")
+    parser.add_argument("--quick", action="store_true", help="4 s of samples per contender")
+    parser.add_argument("--versions", default=",".join(VERSIONS), help="LiteLLM versions, comma-separated")
     parser.add_argument("--out", default="peer", help="result name under benches/results/")
     args = parser.parse_args()
-    try:
-        installed = _installed_version()
-    except Exception:
-        installed = ""
-    if installed != PINNED:
-        print(
-            f"peer bench: needs litellm=={PINNED} (found {installed or 'none'}). "
-            "Install exactly that version:\n"
-            f"    .venv/bin/pip install litellm=={PINNED}\n"
-            "Do not install any other version (some were malicious releases).",
-            file=sys.stderr,
-        )
-        return 2
+    versions = [v for v in args.versions.split(",") if v]
+    for v in versions:
+        if v in REFUSED:
+            parser.error(f"refusing litellm {v}: {REFUSED[v]}")
+    pythons = {v: ensure_venv(v) for v in versions}  # before timing: installs take CPU
     t0 = time.perf_counter()
     watch = _fleet.CpuWatch()
-    payload = asyncio.run(run(args.quick))
+    runs = []
+    for v in versions:
+        print(f"measuring LiteLLM {v} ...", flush=True)
+        run = drive(pythons[v], 4.0 if args.quick else 20.0)
+        run["ratios"] = ratios(run)
+        runs.append(run)
+    payload: dict[str, Any] = {
+        "bench": "peer",
+        "machine": _fleet.machine(),
+        "quick": args.quick,
+        "runs": runs,
+    }
     payload["other_processes_cpu_cores"] = round(watch.other_cores(), 2)
-    payload["targets"] = targets(payload)
+    payload["targets"] = targets(runs)
     payload["wall_s"] = round(time.perf_counter() - t0, 1)
     path = _fleet.write_result(args.out, payload)
     report(payload)

@@ -1,6 +1,6 @@
 """`serve --workers 1` versus `--workers 2` on one port, same run: Decide throughput under h2load.
 
-    .venv/bin/python benches/workers.py --quick      # about 1 min; writes benches/results/workers.json
+    ./dev bench workers --quick      # about 1 min; writes benches/results/workers.json
 
 Both servers load the same 100-backend bench fleet with the sqlite ledger (the default for
 `serve`), and are measured in alternating rounds at concurrency 64 over 8 connections (the kernel
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _fleet
 import grpc
-from e2e import DECIDE, decide_request, frame, free_port, nexus_command, point, process, wait_ready
+from e2e import DECIDE, Target, decide_request, frame, free_port, nexus_command, point, process, wait_ready
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
 
@@ -49,26 +49,17 @@ def run(quick: bool, h2: str) -> dict[str, Any]:
         for _ in range(rounds):
             for workers in (1, 2):
                 config = tmp / f"nexus-{workers}.toml"
-                text = _fleet.fleet_toml(100).replace('kind = "memory"', 'kind = "sqlite"')
+                text = _fleet.fleet_toml(100, in_flight_ttl_seconds=1.0).replace(
+                    'kind = "memory"', 'kind = "sqlite"'
+                )
                 config.write_text(text.replace("[ledger]", f'[ledger]\npath = "ledger-{workers}.db"', 1))
                 port = free_port()
                 cmd = [*nexus_command(config, port), "--workers", str(workers)]
                 with process(cmd, tmp / f"serve-{workers}.log") as proc:
                     wait_ready(proc, port, tmp / f"serve-{workers}.log")
                     check_routes(port)
-                    pt = point(
-                        h2,
-                        f"workers={workers}",
-                        port,
-                        proc.pid,
-                        "Decide",
-                        DECIDE,
-                        body,
-                        64,
-                        seconds,
-                        warmup,
-                        tmp,
-                    )
+                    target = Target(f"workers={workers}", port, proc.pid, {"Decide": (DECIDE, body)})
+                    pt = point(h2, target, "Decide", "8", seconds, warmup, tmp)  # 8 x 8 streams
                     if pt.failed:
                         raise RuntimeError(f"{pt.failed} failed requests with --workers {workers}")
                     rps[workers].append(pt.rps)
@@ -97,12 +88,15 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    watch = _fleet.CpuWatch()
     payload = run(args.quick, h2)
+    payload["other_processes_cpu_cores"] = round(watch.other_cores(), 2)
     path = _fleet.write_result("workers", payload)
     print(
         f"\n--workers 2 / --workers 1 Decide throughput: {payload['ratio']:.2f}x "
         f"({payload['median_rps']['2']:.0f} vs {payload['median_rps']['1']:.0f} req/s); wrote {path}"
     )
+    _fleet.noise_note(payload["other_processes_cpu_cores"])
     return 0
 
 
