@@ -115,6 +115,7 @@ class DecisionEngine:
         and reserves nothing; the caller charges the estimate at once (`charge_estimate`).
         A reservation the ledger cannot store raises LedgerError, holding nothing."""
         t0 = time.perf_counter_ns()
+        self._expire_due()
         for _ in range(MAX_REDECIDE):
             snap = self.snapshot()
             decision = self.pipeline.decide(request, snap, decision_id=self.ids())
@@ -369,6 +370,18 @@ class DecisionEngine:
             self._retry.popleft()
             done += 1
         return done
+
+    def _expire_due(self) -> None:
+        """Free the slots whose TTL ran out, a few per decision rather than all in one burst of
+        the once-a-second upkeep; their reservations are released off the decision's path."""
+        if not self.flights.has_due(self.clock()):
+            return
+        expired = self.flights.due(self.clock())
+        self.watch.notify()
+        for flight in expired:
+            if flight.reserved:
+                flight.reserved = False
+                self._release_later(flight.decision_id)
 
     async def expire_flights(self) -> int:
         """Free the slots of flights past their TTL and release their reservations (a late

@@ -23,6 +23,7 @@ from nexus_grpc.domain.decision import (
     summary_text,
 )
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, RejectCode
+from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.months import next_month_start
 from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.pipeline import intent as intent_module
@@ -193,10 +194,13 @@ class Pipeline:
         max_wait = snap.fleet.config.queue.max_wait_ms
         best: int | None = None
         best_id = ""
+        lives: dict[str, LiveBackend] | None = None  # built once, only when something waits
         for e in intent.exclusions:
             if e.code not in (ExclusionCode.LOADING, ExclusionCode.SATURATED) or e.model != intent.model:
                 continue
-            live = next((c.live for c in intent.initial if c.id == e.backend_id), None)
+            if lives is None:
+                lives = {c.id: c.live for c in intent.initial}
+            live = lives.get(e.backend_id)
             if live is None:
                 continue
             if e.code == ExclusionCode.LOADING:

@@ -197,7 +197,7 @@ class RankedSet:
         self._signatures: dict[Candidate, tuple[object, ...] | None] = {}
         self.excl_version = 0
         self._shown: (
-            tuple[tuple[object, ...], dict[tuple[str, ExclusionCode], int], list[Exclusion]] | None
+            tuple[tuple[object, ...], dict[tuple[str, ExclusionCode], int], tuple[Exclusion, ...]] | None
         ) = None
         by_key: dict[tuple[PrivacyZone, int, int, int], Group] = {}
         privacy: list[Exclusion] = []
@@ -368,7 +368,7 @@ class RankedSet:
             verdict=route,
             cost_estimate=CostEstimate(tokens_in, tokens_out, cost),
             budget=check.applied,
-            exclusions=tuple(shown),
+            exclusions=shown,
             scopes=scopes_for(request.tenant),
             stage_durations_ns=((INDEX, time.perf_counter_ns() - t0),),
             stage_funnel=((self.size, survivors),),
@@ -384,7 +384,7 @@ class RankedSet:
         check: BudgetCheck,
         verdicts: list[ExclusionCode | None],
         total: int,
-    ) -> tuple[dict[tuple[str, ExclusionCode], int], list[Exclusion]]:
+    ) -> tuple[dict[tuple[str, ExclusionCode], int], tuple[Exclusion, ...]]:
         """The exclusions are the same for the next request unless what they depend on changed:
         the live classification, the groups' verdicts, the token total (context reasons), the
         clock's 100 ms step (loading ETAs). Budget reasons quote the spend: never cached."""
@@ -407,7 +407,7 @@ class RankedSet:
         check: BudgetCheck,
         verdicts: list[ExclusionCode | None],
         total: int,
-    ) -> tuple[dict[tuple[str, ExclusionCode], int], list[Exclusion]]:
+    ) -> tuple[dict[tuple[str, ExclusionCode], int], tuple[Exclusion, ...]]:
         """Counts per (stage, code) of every exclusion, and the first MAX_EXCLUSIONS built."""
         counts: dict[tuple[str, ExclusionCode], int] = {}
         shown: list[Exclusion] = list(self.privacy_out[:MAX_EXCLUSIONS])
@@ -463,7 +463,7 @@ class RankedSet:
             if room > 0:
                 for c in itertools.islice(g.status_out, room):
                     shown.append(status_exclusion(c, model, now) or _never())
-        return counts, shown
+        return counts, tuple(shown)
 
     def _quality_reasons(self, g: Group, now: float) -> Iterator[Exclusion]:
         for c in g.quality_out:

@@ -12,7 +12,7 @@ out, strings UTF-8, doubles little-endian IEEE 754.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections import OrderedDict
 
 from nexus_grpc.domain.decision import BudgetView, CostEstimate, Decision, Exclusion, Queue, Reject, Route
 from nexus_grpc.domain.money import NANO
@@ -76,8 +76,32 @@ def reason_bytes(e: Exclusion) -> bytes:
     return found
 
 
-def _reasons_field(number: int, reasons: Iterable[Exclusion]) -> bytes:
-    return b"".join(_message(number, reason_bytes(e)) for e in reasons)
+_fields: dict[tuple[int, Exclusion], bytes] = {}
+_blocks: OrderedDict[int, tuple[tuple[Exclusion, ...], int, bytes]] = OrderedDict()
+_BLOCKS_KEPT = 256
+
+
+def _reason_field(number: int, e: Exclusion) -> bytes:
+    key = (number, e)
+    found = _fields.get(key)
+    if found is None:
+        if len(_fields) >= _REASONS_KEPT:
+            _fields.clear()
+        found = _fields[key] = _message(number, reason_bytes(e))
+    return found
+
+
+def _reasons_field(number: int, reasons: tuple[Exclusion, ...]) -> bytes:
+    """The repeated field; the same tuple of reasons (the route index hands the same one to the
+    decisions of an unchanged fleet state) is encoded once."""
+    cached = _blocks.get(id(reasons))
+    if cached is not None and cached[0] is reasons and cached[1] == number:
+        return cached[2]
+    encoded = b"".join(_reason_field(number, e) for e in reasons)
+    _blocks[id(reasons)] = (reasons, number, encoded)  # holds `reasons`: its id stays unique
+    if len(_blocks) > _BLOCKS_KEPT:
+        _blocks.popitem(last=False)
+    return encoded
 
 
 def budget_bytes(view: BudgetView) -> bytes:

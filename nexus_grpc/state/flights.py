@@ -190,6 +190,9 @@ class FlightBook:
     def last_settled(self, request_id: str) -> str | None:
         return self._settled.get(request_id)
 
+    def has_due(self, now: float) -> bool:
+        return bool(self._expiry) and self._expiry[0][0] <= now
+
     def due(self, now: float) -> list[Flight]:
         """Flights whose TTL ran out, their slots freed (they stay for a late report)."""
         expired: list[Flight] = []
