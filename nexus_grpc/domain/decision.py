@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
+from operator import attrgetter
 from typing import NamedTuple
 
 from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode, PrivacyZone, RejectCode
@@ -153,10 +154,13 @@ class Decision(NamedTuple):
         return self.verdict if isinstance(self.verdict, Route) else None
 
 
+_BACKEND_ID, _RECONCILER = attrgetter("backend_id"), attrgetter("reconciler")
+
+
 def summary_text(exclusions: tuple[Exclusion, ...] | list[Exclusion], stage_order: tuple[str, ...]) -> str:
     """'{n} backend{s} excluded by {stages}': distinct backends, stages once each in pipeline order."""
-    ids = {e.backend_id for e in exclusions}
-    seen = {e.reconciler for e in exclusions}
+    ids = set(map(_BACKEND_ID, exclusions))
+    seen = set(map(_RECONCILER, exclusions))
     stages = [s for s in stage_order if s in seen] + sorted(seen - set(stage_order))
     n = len(ids)
     return f"{n} backend{'s' if n != 1 else ''} excluded by {', '.join(stages) if stages else 'no stage'}"

@@ -24,6 +24,7 @@ from nexus_grpc.domain.decision import (
 )
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, RejectCode
 from nexus_grpc.domain.live import LiveBackend
+from nexus_grpc.domain.money import Price
 from nexus_grpc.domain.months import next_month_start
 from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.pipeline import intent as intent_module
@@ -195,15 +196,17 @@ class Pipeline:
         best: int | None = None
         best_id = ""
         lives: dict[str, LiveBackend] | None = None  # built once, only when something waits
+        loading, saturated, model = ExclusionCode.LOADING, ExclusionCode.SATURATED, intent.model
         for e in intent.exclusions:
-            if e.code not in (ExclusionCode.LOADING, ExclusionCode.SATURATED) or e.model != intent.model:
+            code = e.code
+            if (code is not loading and code is not saturated) or e.model != model:
                 continue
             if lives is None:
                 lives = {c.id: c.live for c in intent.initial}
             live = lives.get(e.backend_id)
             if live is None:
                 continue
-            if e.code == ExclusionCode.LOADING:
+            if code is loading:
                 raw = float(live.loading_eta_ms(snap.now)) if live.status == BackendStatus.LOADING else 0.0
             else:
                 raw = live.latency_ema_ms
@@ -278,8 +281,22 @@ class Pipeline:
             waited = next((c for c in basis.intent.initial if c.id == basis.wait_backend), None)
             cost = waited.price.cost(tokens_in, tokens_out) if waited is not None else 0
         else:
-            cost = max((c.price.cost(tokens_in, tokens_out) for c in primary.initial), default=0)
+            prices = distinct_prices(primary.initial)
+            cost = max((p.cost(tokens_in, tokens_out) for p in prices), default=0)
         return CostEstimate(tokens_in, tokens_out, cost)
+
+
+_PRICES: dict[int, tuple[tuple[Candidate, ...], tuple[Price, ...]]] = {}
+
+
+def distinct_prices(candidates: tuple[Candidate, ...]) -> tuple[Price, ...]:
+    """The different prices among a model's candidates (a fleet has few), kept per candidate tuple."""
+    hit = _PRICES.get(id(candidates))
+    if hit is None or hit[0] is not candidates:
+        if len(_PRICES) >= 1024:
+            _PRICES.clear()
+        hit = _PRICES[id(candidates)] = (candidates, tuple(dict.fromkeys(c.price for c in candidates)))
+    return hit[1]
 
 
 def _resolved_note(intent: Intent) -> str:

@@ -108,12 +108,16 @@ class Intent:
         prepared exclusions of a whole input set are reused by later requests."""
         fleet = snap.fleet
         if self.live_narrowed:
+            table = _verdicts(fleet, rule, args)
             kept: list[Candidate] = []
             for c in self.candidates:
-                verdict = static_verdict(fleet, rule, args, c)
+                verdict = table.get(c, _UNJUDGED)
+                if verdict is _UNJUDGED or VERIFY:
+                    verdict = static_verdict(fleet, rule, args, c)
                 if verdict is None:
                     kept.append(c)
                 else:
+                    assert isinstance(verdict, Exclusion)
                     self.exclusions.append(verdict)
             self.candidates = kept
             return
@@ -134,13 +138,23 @@ class Intent:
             self.exclusions.extend(hit[2])
 
 
+_UNJUDGED = object()
+
+
+def _verdicts(
+    fleet: Fleet, rule: StaticRule, args: tuple[Hashable, ...]
+) -> dict[Candidate, Exclusion | None]:
+    table: dict[Candidate, Exclusion | None] | None = fleet.memo.get((rule, args))
+    if table is None:
+        table = fleet.memo[(rule, args)] = {}
+    return table
+
+
 def static_verdict(
     fleet: Fleet, rule: StaticRule, args: tuple[Hashable, ...], c: Candidate
 ) -> Exclusion | None:
     """One candidate's verdict under a static rule, memoized per fleet version."""
-    table: dict[Candidate, Exclusion | None] | None = fleet.memo.get((rule, args))
-    if table is None:
-        table = fleet.memo[(rule, args)] = {}
+    table = _verdicts(fleet, rule, args)
     if c in table:
         verdict = table[c]
         if VERIFY:

@@ -118,9 +118,15 @@ class BudgetReconciler:
         before = len(intent.candidates)
         kept: list[Candidate] = []
         hard_excluded = 0
+        # the verdict depends only on the zone and the price: judge each pair once
+        verdicts: dict[tuple[PrivacyZone, int], tuple[ExclusionCode | None, int]] = {}
         for c in intent.candidates:
-            cost = intent.cost(c)
-            code = budget_code(check, c.zone, cost)
+            key = (c.zone, id(c.price))
+            verdict = verdicts.get(key)
+            if verdict is None:
+                cost = intent.cost(c)
+                verdict = verdicts[key] = (budget_code(check, c.zone, cost), cost)
+            code, cost = verdict
             if code is None:
                 kept.append(c)
                 continue

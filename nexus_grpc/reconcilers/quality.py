@@ -59,8 +59,12 @@ class QualityReconciler:
     def reconcile(self, intent: Intent, snap: Snapshot) -> None:
         q = snap.fleet.config.quality
         now = snap.now
+        minimum = max(q.min_requests, 1)
         kept: list[Candidate] = []
         for c in intent.candidates:
+            if c.live.stats.count < minimum:  # the common case, without a call
+                kept.append(c)
+                continue
             verdict = quality_verdict(c.live, now, q)
             if verdict == PASS:
                 kept.append(c)

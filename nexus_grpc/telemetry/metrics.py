@@ -4,11 +4,14 @@ the Prometheus collector turns them into metric families when scraped."""
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
+from operator import attrgetter
 
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.enums import ExclusionCode
 
 NS_PER_SECOND = 1_000_000_000
+_STAGE_CODE = attrgetter("reconciler", "code")
 CODE_LABEL = {code: code.name.lower() for code in ExclusionCode}
 
 # nexus_pipeline_duration_seconds buckets, in nanoseconds (10 µs .. 100 ms)
@@ -75,10 +78,9 @@ class Metrics:
         if decision.exclusion_counts:
             for stage_code, n in decision.exclusion_counts:
                 counts[stage_code] = counts.get(stage_code, 0) + n
-        else:
-            for e in decision.exclusions:
-                stage_code = (e.reconciler, e.code)
-                counts[stage_code] = counts.get(stage_code, 0) + 1
+        elif decision.exclusions:
+            for stage_code, n in Counter(map(_STAGE_CODE, decision.exclusions)).items():
+                counts[stage_code] = counts.get(stage_code, 0) + n
         self.pipeline_buckets[bisect_left(PIPELINE_BUCKETS_NS, elapsed_ns)] += 1
         self.pipeline_sum_ns += elapsed_ns
         self.pipeline_count += 1
