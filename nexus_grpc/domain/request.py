@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from nexus_grpc.domain.endpoints import EndpointSubset
 from nexus_grpc.domain.enums import Priority, PrivacyZone, TierMode
 
 
@@ -24,6 +25,9 @@ class DecisionRequest:
     priority: Priority = Priority.UNSPECIFIED
     tenant: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Set when an endpoint-picking gateway asks: only backends whose ip:port endpoint it admits
+    # are candidates (the others are excluded before any other stage judges them).
+    endpoint_subset: EndpointSubset | None = None
 
     @property
     def output_tokens(self) -> int:

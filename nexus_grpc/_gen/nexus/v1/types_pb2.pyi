@@ -119,6 +119,11 @@ class _ExclusionCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Exclusi
     EXCLUSION_CODE_CONTEXT_TOO_LONG: _ExclusionCode.ValueType  # 11
     EXCLUSION_CODE_NOT_IN_REGISTRY: _ExclusionCode.ValueType  # 12
     EXCLUSION_CODE_INTERNAL_ERROR: _ExclusionCode.ValueType  # 13
+    EXCLUSION_CODE_OUTSIDE_ENDPOINT_SUBSET: _ExclusionCode.ValueType  # 14
+    """Not among the endpoints an endpoint-picking gateway lets this request go to: outside the
+    endpoint subset it sent, or a backend whose URL host is a name (such a gateway can only be
+    told an ip:port endpoint).
+    """
 
 class ExclusionCode(_ExclusionCode, metaclass=_ExclusionCodeEnumTypeWrapper):
     """Why one backend was excluded by one stage."""
@@ -137,6 +142,11 @@ EXCLUSION_CODE_MISSING_CAPABILITY: ExclusionCode.ValueType  # 10
 EXCLUSION_CODE_CONTEXT_TOO_LONG: ExclusionCode.ValueType  # 11
 EXCLUSION_CODE_NOT_IN_REGISTRY: ExclusionCode.ValueType  # 12
 EXCLUSION_CODE_INTERNAL_ERROR: ExclusionCode.ValueType  # 13
+EXCLUSION_CODE_OUTSIDE_ENDPOINT_SUBSET: ExclusionCode.ValueType  # 14
+"""Not among the endpoints an endpoint-picking gateway lets this request go to: outside the
+endpoint subset it sent, or a backend whose URL host is a name (such a gateway can only be
+told an ip:port endpoint).
+"""
 Global___ExclusionCode: _TypeAlias = ExclusionCode  # noqa: Y015
 
 class _BudgetStatus:
