@@ -21,6 +21,7 @@ import pytest
 from envoy_stack import POOL, PoolStack
 
 from nexus_grpc.devcert import write_dev_cert
+from nexus_grpc.domain.decision import Decision
 from nexus_grpc.servicers.envoy.mapping import ROUTING_HEADERS
 from nexus_grpc.testing.envoy import DEPLOY_DIR, render, validate
 from nexus_grpc.testing.upstream import Answer
@@ -209,12 +210,26 @@ def test_the_fallback_list_is_ordered_as_the_routes_alternates_and_used_on_failu
     make_pool_stack: MakePool,
 ) -> None:
     stack = make_pool_stack()
+    engine = stack.nx.runtime.engine
+    decided: list[Decision] = []
+    decide = engine.decide
+
+    async def recording(*args: Any, **kwargs: Any) -> Decision:
+        decision = await decide(*args, **kwargs)
+        decided.append(decision)
+        return decision
+
+    engine.decide = recording  # type: ignore[method-assign]
     resp = stack.http(headers=JSON, body=chat("llama3:70b"))
     assert resp.status == 200
-    # open-1 (priority 0), then its alternates by priority: gpu-1 (1), gpu-2 (10); the hostname
-    # backend `cloud` (priority 0 too) is no endpoint a gateway can be sent to
-    listed = [stack.endpoint(n) for n in ("open-1", "gpu-1", "gpu-2")]
-    assert stack.upstreams["open-1"].received[0].headers["x-gateway-destination-endpoint"] == ",".join(listed)
+    [decision] = decided
+    route = decision.route
+    assert route is not None
+    header = stack.upstreams["open-1"].received[0].headers["x-gateway-destination-endpoint"]
+    assert header == ",".join(stack.endpoint(b) for b in (route.backend_id, *route.alternates))
+    # that is open-1 (priority 0), then gpu-1 (1), gpu-2 (10); the hostname backend `cloud`
+    # (priority 0 too) is no endpoint a gateway can be sent to
+    assert header == ",".join(stack.endpoint(n) for n in ("open-1", "gpu-1", "gpu-2"))
     settle(stack, 1)
     # open-1 stops answering: Envoy cannot connect, goes down the list to gpu-1, and tells
     # nexus-grpc which endpoint served; the outcome is gpu-1's (an alternate of the decision)
