@@ -123,14 +123,16 @@ def test_the_config_validates_and_configures_what_the_gateways_do(
     epp = clusters["nexus_epp"]
     assert epp["transport_socket"]["name"] == "envoy.transport_sockets.tls"
     assert _find(epp, "service_name") == ["envoy.service.ext_proc.v3.ExternalProcessor"]
-    [override_host] = _find(clusters["inference_pool"], "fallback_policy")[:1]
+    [policy] = clusters["inference_pool"]["load_balancing_policy"]["policies"]
+    assert policy["typed_extension_config"]["name"] == "envoy.load_balancing_policies.override_host"
+    override_host = policy["typed_extension_config"]["typed_config"]["fallback_policy"]
     [override] = _find(clusters["inference_pool"], "override_host_sources")
     assert override == [
         {"metadata": {"key": "envoy.lb", "path": [{"key": "x-gateway-destination-endpoint"}]}}
     ]
     [selected] = _find(clusters["inference_pool"], "selected_host_key")
     assert selected["path"] == [{"key": "x-gateway-destination-endpoint-served"}]
-    [fallback] = [p["typed_extension_config"] for p in _find(override_host, "policies")[0]]
+    [fallback] = [p["typed_extension_config"] for p in override_host["policies"]]
     # the fallback never picks a host itself: a subset balancer no request matches, NO_FALLBACK
     # (the default, which the dump leaves out)
     assert fallback["name"] == "envoy.load_balancing_policies.subset"
