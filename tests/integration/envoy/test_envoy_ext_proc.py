@@ -134,7 +134,7 @@ def test_reject_status_body_and_headers_for_each_code(
         assert body["context"]["available_backends"] == []
     if code == "budget_exhausted":
         wait = body["context"]["retry_after_ms"]
-        assert f"retry after {wait} ms (" in body["error"]["message"]  # and in days and hours
+        assert f"retry after {wait} ms (" in body["error"]["message"]  # and readably
     assert stack.received() == {"gpu-1": 0, "gpu-2": 0, "openai": 0}
 
 

@@ -187,7 +187,8 @@ def test_reject_table() -> None:
     wait_ms = int(body["context"]["retry_after_ms"])  # type: ignore[index]
     assert int(headers["retry-after"]) == -(-wait_ms // 1000)
     message = body["error"]["message"]  # type: ignore[index]
-    assert f"retry after {wait_ms} ms (" in message and (" d " in message or " h" in message)
+    assert message.endswith(f"; retry after {wait_ms} ms ({readable_ms(wait_ms)})")
+    assert readable_ms(wait_ms).split()[1] in ("d", "h")  # the month's end: days (and hours)
 
 
 def test_available_backends_are_those_nothing_about_the_request_rules_out() -> None:
