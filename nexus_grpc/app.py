@@ -45,7 +45,7 @@ from nexus_grpc.reconcilers.index import RouteIndex
 from nexus_grpc.servicers.admin import AdminServicer
 from nexus_grpc.servicers.budget import BudgetServicer
 from nexus_grpc.servicers.decision import DecisionServicer
-from nexus_grpc.servicers.envoy import add_envoy_servicers
+from nexus_grpc.servicers.envoy import LIVENESS, READINESS, add_envoy_servicers
 from nexus_grpc.servicers.gate import Gate, register
 from nexus_grpc.servicers.registry import RegistryServicer
 from nexus_grpc.state.admin_sync import AdminSync
@@ -260,12 +260,13 @@ class Runtime:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-        self._names = names
+        self._names = [*names, READINESS]  # health names that follow readiness
         self.port = self._bind(server, self.listen)
         await server.start()
         self.server = server
         self._warn_if_open()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [asyncio.create_task(self._upkeep(), name="nexus-upkeep"), *self._start_watchers()]
         if config.health_check.enabled:  # SERVING once the first probe round has finished
             self._tasks.append(asyncio.create_task(self._serve_after_probes(), name="nexus-first-probes"))

@@ -1,4 +1,4 @@
-"""nexus-grpc serve | check-config | decide | explain."""
+"""nexus-grpc serve | check-config | decide | explain | dev-cert."""
 
 from __future__ import annotations
 
@@ -67,6 +67,23 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_cert(args: argparse.Namespace) -> int:
+    from nexus_grpc.devcert import DEFAULT_NAMES, DevCertError, write_dev_cert
+
+    names = args.name or list(DEFAULT_NAMES)
+    try:
+        made = write_dev_cert(Path(args.dir), names, days=args.days, force=args.force)
+    except DevCertError as exc:
+        print(f"nexus-grpc: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {made.cert} (self-signed certificate, valid {made.days} days for {', '.join(made.names)})")
+    print(f"wrote {made.key} (its private key, readable by you only)")
+    print("for development only; serve TLS with:")
+    print(f'  [server.tls]\n  cert = "{made.cert}"\n  key = "{made.key}"')
+    print(f"and let the gateway trust {made.cert} (deploy/envoy/inference-pool.yaml: NEXUS_CA)")
+    return 0
+
+
 def _query(args: argparse.Namespace, explain: bool) -> int:
     from nexus_grpc.client import query
 
@@ -113,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a configuration file")
     c.add_argument("file")
     c.set_defaults(func=_check)
+
+    d = sub.add_parser(
+        "dev-cert", help="write a self-signed TLS certificate and key for development (uses openssl)"
+    )
+    d.add_argument("dir", help="directory to write nexus-grpc.crt and nexus-grpc.key into")
+    d.add_argument(
+        "--name",
+        action="append",
+        help="a DNS name or IP address the certificate is valid for (repeatable; "
+        "default: localhost, 127.0.0.1, ::1)",
+    )
+    d.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
+    d.add_argument("--force", action="store_true", help="replace existing files")
+    d.set_defaults(func=_dev_cert)
 
     for name, explain in (("decide", False), ("explain", True)):
         q = sub.add_parser(name, help=f"{'explain' if explain else 'ask for'} a decision and print it")

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
+from nexus_grpc.domain.durations import readable_ms
 
 
 def build_request(args: argparse.Namespace) -> dpb.DecideRequest:
@@ -73,7 +74,7 @@ def render_decision(resp: dpb.DecideResponse) -> str:
         j = resp.reject
         out.append(f"REJECT {_enum(tpb.RejectCode, j.code, 'REJECT_CODE_')}: {j.message}")
         if j.retry_after_ms:
-            out.append(f"  retry after {j.retry_after_ms} ms")
+            out.append(f"  retry after {j.retry_after_ms} ms ({readable_ms(j.retry_after_ms)})")
     est, b = resp.cost_estimate, resp.budget
     out.append(f"cost estimate: {est.input_tokens} in / {est.output_tokens} out tokens = ${est.cost_usd:.6f}")
     out.append(

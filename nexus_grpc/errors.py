@@ -5,7 +5,7 @@ servicers to status codes, the Envoy adapters to HTTP statuses, the CLI to exit 
     ├── FieldError           a malformed input value, naming the field   INVALID_ARGUMENT / 400
     ├── NotFound             an unknown id                                NOT_FOUND / 404
     ├── FailedPrecondition   valid, but the server's state refuses it     FAILED_PRECONDITION
-    ├── Overloaded           shed under load                              RESOURCE_EXHAUSTED / 503
+    ├── Overloaded           shed under load                              RESOURCE_EXHAUSTED / 429
     └── LedgerError          the budget ledger could not store a change   UNAVAILABLE / 503
 
 Configuration problems are `nexus_grpc.config.errors.ConfigError` (also a `NexusError`): a list of

@@ -46,6 +46,7 @@ class ExclusionCode(IntEnum):
     CONTEXT_TOO_LONG = 11
     NOT_IN_REGISTRY = 12
     INTERNAL_ERROR = 13
+    OUTSIDE_ENDPOINT_SUBSET = 14  # not among the endpoints an endpoint-picking gateway allows
 
 
 class BudgetStatus(IntEnum):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
+from nexus_grpc.domain.endpoints import EndpointSubset
 from nexus_grpc.domain.enums import Priority, PrivacyZone, TierMode
 
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
@@ -30,6 +31,9 @@ class DecisionRequest(NamedTuple):
     priority: Priority = Priority.UNSPECIFIED
     tenant: str = ""
     labels: Mapping[str, str] = _NO_LABELS
+    # Set when an endpoint-picking gateway asks: only backends whose ip:port endpoint it admits
+    # are candidates (the others are excluded before any other stage judges them).
+    endpoint_subset: EndpointSubset | None = None
 
     @property
     def output_tokens(self) -> int:

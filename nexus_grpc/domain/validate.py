@@ -31,6 +31,7 @@ __all__ = [
     "HttpUrl",
     "backend_problems",
     "cost_usd",
+    "endpoint",
     "env_var_name",
     "http_url",
     "identifier",
@@ -225,6 +226,39 @@ def listen_address(value: str, field: str) -> tuple[str, int]:
         if not _hostname_ok(host):
             raise FieldError(field, f"{value!r} has an invalid host {host!r}") from None
     return host, int(port)
+
+
+def endpoint(value: str, field: str) -> str:
+    """An endpoint as an endpoint-picking gateway names one: `ip:port`, `[v6]:port`, or a bare
+    IP (any port of that address; an IPv6 address without brackets is always bare). Returns it
+    canonical (`10.0.0.1:8000`, `[::1]:8000`, `::1`), so that equal endpoints compare equal."""
+    text(value, field, 64, required=True, allow_space=False)
+    wrong = f"{_show(value)} is not an ip:port endpoint"
+    bracketed = value.startswith("[")
+    if bracketed:
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise FieldError(field, wrong)
+        port = rest[1:]
+        if rest == ":":
+            raise FieldError(field, f"{_show(value)} has an empty port")
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+        if not port:
+            raise FieldError(field, f"{_show(value)} has an empty port")
+    else:
+        host, port = value, ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise FieldError(field, f"{wrong} (its host must be an IP address)") from None
+    if bracketed and ip.version != 6:
+        raise FieldError(field, f"{wrong} (only an IPv6 address goes in brackets)")
+    if not port:
+        return str(ip)
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) <= 65535):
+        raise FieldError(field, f"{_show(value)} has a port outside 1..65535")
+    return f"[{ip}]:{int(port)}" if ip.version == 6 else f"{ip}:{int(port)}"
 
 
 _ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -1,11 +1,12 @@
 """The route index: the common decision — a Route by the `smart` or `priority_only` strategy —
 at a cost that does not grow with the candidates.
 
-For each model and static eligibility (what the static rules see: the privacy constraint, the
-minimum tier, the needed capabilities) a `RankedSet` keeps its candidates classified and ranked
-as events happen. Every live change (a slot taken or freed, an outcome, a probe, a status) marks
-the backend dirty through its watcher; time-driven changes (outcome buckets leaving the window, a
-breaker's cooldown running out) are timers. A decision refreshes only what changed, then:
+For each model and static eligibility (what the static rules see: the endpoint subset of an
+endpoint-picking gateway, the privacy constraint, the minimum tier, the needed capabilities) a
+`RankedSet` keeps its candidates classified and ranked as events happen. Every live change (a
+slot taken or freed, an outcome, a probe, a status) marks the backend dirty through its watcher;
+time-driven changes (outcome buckets leaving the window, a breaker's cooldown running out) are
+timers. A decision refreshes only what changed, then:
 
 - groups candidates by what the request's numbers act on — zone and price (the budget stage's
   hard limits and cost caps) and context length (the scheduler's context check) — and judges
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from nexus_grpc.domain.decision import CostEstimate, Decision, Exclusion, Route
+from nexus_grpc.domain.endpoints import EndpointSubset
 from nexus_grpc.domain.enums import ExclusionCode, PrivacyZone, TierMode
 from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import Price
@@ -43,6 +45,8 @@ from nexus_grpc.reconcilers.privacy import NAME as PRIVACY
 from nexus_grpc.reconcilers.privacy import privacy_rule
 from nexus_grpc.reconcilers.quality import NAME as QUALITY
 from nexus_grpc.reconcilers.quality import PASS, TRIAL, quality_exclusion, quality_verdict
+from nexus_grpc.reconcilers.request_analyzer import NAME as ANALYZER
+from nexus_grpc.reconcilers.request_analyzer import subset_rule
 from nexus_grpc.reconcilers.scheduler.filters import NAME as SCHEDULER
 from nexus_grpc.reconcilers.scheduler.filters import (
     capability_rule,
@@ -178,6 +182,7 @@ class RankedSet:
         minimum: int,
         needs: tuple[bool, bool, bool],
         now: float,
+        subset: EndpointSubset | None = None,
     ) -> None:
         self.fleet = fleet
         self.model = model
@@ -186,6 +191,7 @@ class RankedSet:
         self.thr = config.quality.ttft_penalty_threshold_ms
         self.quality = config.quality
         self.smart = config.routing.strategy == "smart"
+        self.subset_out: tuple[Exclusion, ...] = ()
         self.privacy_out: tuple[Exclusion, ...] = ()
         self.groups: list[Group] = []
         self.slots: dict[Candidate, Slot] = {}
@@ -200,8 +206,14 @@ class RankedSet:
             tuple[tuple[object, ...], dict[tuple[str, ExclusionCode], int], tuple[Exclusion, ...]] | None
         ) = None
         by_key: dict[tuple[PrivacyZone, int, int, int], Group] = {}
+        outside: list[Exclusion] = []
         privacy: list[Exclusion] = []
         for c in fleet.candidates.get(model, ()):
+            if subset is not None:
+                verdict = subset_rule(fleet, c, model, subset)
+                if verdict is not None:
+                    outside.append(verdict)
+                    continue
             if source is not None:
                 verdict = privacy_rule(fleet, c, model, requested, source)
                 if verdict is not None:
@@ -226,6 +238,7 @@ class RankedSet:
             self._by_live[c.live] = c
             c.live.watchers.append(self)
             self._classify(c, now)
+        self.subset_out = tuple(outside)
         self.privacy_out = tuple(privacy)
         self.size = len(fleet.candidates.get(model, ()))
 
@@ -410,7 +423,10 @@ class RankedSet:
     ) -> tuple[dict[tuple[str, ExclusionCode], int], tuple[Exclusion, ...]]:
         """Counts per (stage, code) of every exclusion, and the first MAX_EXCLUSIONS built."""
         counts: dict[tuple[str, ExclusionCode], int] = {}
-        shown: list[Exclusion] = list(self.privacy_out[:MAX_EXCLUSIONS])
+        shown: list[Exclusion] = list(self.subset_out[:MAX_EXCLUSIONS])
+        if self.subset_out:
+            counts[(ANALYZER, ExclusionCode.OUTSIDE_ENDPOINT_SUBSET)] = len(self.subset_out)
+        shown.extend(self.privacy_out[: MAX_EXCLUSIONS - len(shown)])
         if self.privacy_out:
             counts[(PRIVACY, ExclusionCode.PRIVACY_ZONE)] = len(self.privacy_out)
         model, now = self.model, snap.now
@@ -501,11 +517,12 @@ class RouteIndex:
             else ("request" if request.privacy == PrivacyZone.RESTRICTED else None)
         )
         needs = (request.needs_vision, request.needs_tools, request.needs_json_mode)
-        key = (model, request.model, source, minimum, needs)
+        subset = request.endpoint_subset
+        key = (model, request.model, source, minimum, needs, subset)
         ranked = self._sets.get(key)
         if ranked is None:
             ranked = self._sets[key] = RankedSet(
-                fleet, model, request.model, source, minimum, needs, snap.now
+                fleet, model, request.model, source, minimum, needs, snap.now, subset
             )
             if len(self._sets) > SETS_KEPT:
                 self._sets.popitem(last=False)[1].detach()

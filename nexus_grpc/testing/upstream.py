@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -46,6 +47,29 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     upstream: UpstreamServer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open: set[socket.socket] = set()  # connections being served (kept alive)
+        self.open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.open_lock:
+            self.open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.open_lock:
+            self.open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End every kept-alive connection: a stopped server answers nothing more."""
+        with self.open_lock:
+            for sock in self.open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.open.clear()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a peer that went away (a test disconnecting on purpose) is not an error here
@@ -179,11 +203,14 @@ class UpstreamServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and end the connections being kept alive (a peer then sees the
+        server gone: connection refused or reset)."""
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
         self._server.server_close()
+        self._server.close_connections()
 
     def __enter__(self) -> UpstreamServer:
         return self.start()

@@ -13,7 +13,13 @@ from nexus_grpc.servicers.envoy import ext_authz, ext_proc
 from nexus_grpc.servicers.envoy.mapping import EnvoyStats
 from nexus_grpc.servicers.gate import Gate, register
 
-__all__ = ["EnvoyStats", "add_envoy_servicers", "envoy_stats"]
+__all__ = ["LIVENESS", "READINESS", "EnvoyStats", "add_envoy_servicers", "envoy_stats"]
+
+# gRPC health service names endpoint-picking gateways check besides the ext_proc service's own:
+# `liveness` answers SERVING while the process answers at all, `readiness` as the services do
+# (SERVING once ready, NOT_SERVING while starting, draining or unable to store money).
+LIVENESS = "liveness"
+READINESS = "readiness"
 
 _STATS: WeakKeyDictionary[DecisionEngine, EnvoyStats] = WeakKeyDictionary()
 

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from nexus_grpc.config.schema import Config, LimitsConfig
 from nexus_grpc.domain import validate
+from nexus_grpc.domain.endpoints import EndpointSubset
 from nexus_grpc.domain.enums import Priority, PrivacyZone, TierMode
 from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.errors import FieldError
@@ -48,6 +49,15 @@ _BODY_KEYS_FOLDED = {key.casefold(): key for key in BODY_KEYS}
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no", ""})
 _MAX_DIGITS = 20  # longer digit strings are above any token limit (and not worth converting)
+
+# The endpoint-picker metadata an endpoint-picking gateway exchanges with its picker.
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+LB_NAMESPACE = "envoy.lb"
+DESTINATION_KEY = "x-gateway-destination-endpoint"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
+SUBSET_PARAM = f"{SUBSET_NAMESPACE}/{SUBSET_KEY}"
+MAX_SUBSET = 4096  # endpoints in one subset
 
 T = TypeVar("T")
 
@@ -77,6 +87,11 @@ class EnvoyStats:
     holds_timed_out: int = 0
     outcomes_reported: int = 0
     closed_without_response: int = 0
+    duplex_streams: int = 0  # ext_proc streams whose request body is FULL_DUPLEX_STREAMED
+    body_chunks_sent: int = 0  # streamed body pieces sent back to Envoy
+    subsets_seen: int = 0  # requests that carried an endpoint subset
+    served_elsewhere: int = 0  # the gateway served another endpoint than routed (an alternate)
+    served_unknown: int = 0  # the served endpoint was unreadable or not the Route's: kept the routed
 
 
 @dataclass(slots=True)
@@ -436,8 +451,11 @@ def rewrite_model(body: Body, model: str) -> bytes | None:
         return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode()
 
 
-def build_request(fields: RequestFields, config: Config) -> DecisionRequest:
-    """The DecisionRequest; no model after headers and body → HeaderError on `model`."""
+def build_request(
+    fields: RequestFields, config: Config, endpoint_subset: EndpointSubset | None = None
+) -> DecisionRequest:
+    """The DecisionRequest; no model after headers and body → HeaderError on `model`.
+    `endpoint_subset`: the endpoints an endpoint-picking gateway admits (see `endpoint_subset`)."""
     if not fields.model:
         raise HeaderError(
             "model", 'is required: set x-nexus-model or send a JSON body with "model"', code="model_required"
@@ -460,7 +478,65 @@ def build_request(fields: RequestFields, config: Config) -> DecisionRequest:
         priority=fields.priority,
         tenant=fields.tenant,
         labels=fields.labels,
+        endpoint_subset=endpoint_subset,
     )
+
+
+# -- endpoint-picker metadata ---------------------------------------------------------------------
+
+
+def endpoint_subset(filter_metadata: Any) -> EndpointSubset | None:
+    """The endpoint subset a gateway sent in `envoy.lb.subset_hint` /
+    `x-gateway-destination-endpoint-subset` (a list of strings or one comma-separated string;
+    each entry `ip:port` or a bare IP), or None when it sent none. An empty list admits nothing.
+    Raises HeaderError for an entry that is not an endpoint, or a value of another kind."""
+    namespace = filter_metadata.get(SUBSET_NAMESPACE)
+    if namespace is None or SUBSET_KEY not in namespace.fields:
+        return None
+    value = namespace.fields[SUBSET_KEY]
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        items = [value.string_value]
+    elif kind == "list_value":
+        items = []
+        for item in value.list_value.values:
+            if item.WhichOneof("kind") != "string_value":
+                raise HeaderError(
+                    SUBSET_PARAM, "holds a value that is not a string", "invalid_endpoint_subset"
+                )
+            items.append(item.string_value)
+    else:
+        raise HeaderError(
+            SUBSET_PARAM,
+            f"is a {kind or 'missing value'}, not a list of endpoints",
+            "invalid_endpoint_subset",
+        )
+    entries: set[str] = set()
+    for item in items:
+        for raw in item.split(","):
+            part = raw.strip()
+            if part:
+                entries.add(_checked(validate.endpoint, part, SUBSET_PARAM, code="invalid_endpoint_subset"))
+                if len(entries) > MAX_SUBSET:
+                    raise HeaderError(
+                        SUBSET_PARAM, f"names more than {MAX_SUBSET} endpoints", "invalid_endpoint_subset"
+                    )
+    return EndpointSubset(frozenset(entries))
+
+
+def served_endpoint(filter_metadata: Any) -> str | None:
+    """The endpoint the gateway reports it sent the request to (`envoy.lb` /
+    `x-gateway-destination-endpoint-served`), canonical; None when absent or unreadable."""
+    namespace = filter_metadata.get(LB_NAMESPACE)
+    if namespace is None or SERVED_KEY not in namespace.fields:
+        return None
+    value = namespace.fields[SERVED_KEY]
+    if value.WhichOneof("kind") != "string_value":
+        return None
+    try:
+        return validate.endpoint(value.string_value.strip(), SERVED_KEY)
+    except FieldError:
+        return None
 
 
 def usage_tokens(raw: bytes, limit: int) -> tuple[int | None, int | None]:
@@ -475,3 +551,19 @@ def usage_tokens(raw: bytes, limit: int) -> tuple[int | None, int | None]:
     tokens_in = _count(usage.get("prompt_tokens", usage.get("input_tokens")), limit)
     tokens_out = _count(usage.get("completion_tokens", usage.get("output_tokens")), limit)
     return tokens_in, tokens_out
+
+
+def stream_usage_tokens(tail: bytes, limit: int) -> tuple[int | None, int | None]:
+    """(input, output) tokens from the last server-sent event of a stream that carries a `usage`
+    (OpenAI sends one last with `stream_options.include_usage`); `tail` is the stream's end."""
+    for raw in reversed(tail.split(b"\n")):
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]" or b'"usage"' not in payload:
+            continue
+        found = usage_tokens(payload, limit)
+        if found != (None, None):
+            return found
+    return None, None

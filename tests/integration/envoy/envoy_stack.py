@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -199,9 +200,10 @@ def http_request(
 
 
 class NexusThread:
-    """A nexus-grpc Runtime serving on 127.0.0.1:0 from an event loop in a background thread."""
+    """A nexus-grpc Runtime serving on 127.0.0.1:0 from an event loop in a background thread;
+    with `root_certificates` (the config serves TLS) its client channel trusts them."""
 
-    def __init__(self, toml: str) -> None:
+    def __init__(self, toml: str, root_certificates: bytes | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="nexus-test-loop", daemon=True)
         self.thread.start()
@@ -212,7 +214,12 @@ class NexusThread:
             return runtime, await runtime.start(ServeOptions(listen="127.0.0.1:0"))
 
         self.runtime, self.port = self.call(start())
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        target = f"127.0.0.1:{self.port}"
+        if root_certificates is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(target, creds)
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self.budget = budget_pb2_grpc.BudgetServiceStub(self.channel)
         self.decision = decision_pb2_grpc.DecisionServiceStub(self.channel)
@@ -342,5 +349,171 @@ def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
         closers.append(envoy.stop)
         envoy.start()
         return Stack(envoy, nexus, upstreams)
+
+    return make
+
+
+# -- the inference-pool stack: deploy/envoy/inference-pool.yaml with nexus-grpc as its picker ----
+
+POOL_TOML = """\
+[server]
+admin_token_env = "NEXUS_ENVOY_TEST_UNSET_TOKEN"
+
+[server.tls]
+cert = "{cert}"
+key = "{key}"
+
+[ledger]
+kind = "memory"
+
+[envoy]
+read_body = true
+
+[queue]
+max_wait_ms = 3000
+
+[routing]
+strategy = "priority_only"
+
+[routing.aliases]
+"gpt-4" = "llama3:70b"
+
+[[routing.policies]]
+model_pattern = "secret-*"
+privacy = "restricted"
+
+[pricing.default]
+input_per_1k = 0.001
+output_per_1k = 0.002
+
+[[backends]]
+id = "gpu-1"
+url = "{gpu1}"
+type = "ollama"
+priority = 1
+[[backends.models]]
+id = "llama3:70b"
+[[backends.models]]
+id = "secret-7b"
+
+[[backends]]
+id = "gpu-2"
+url = "{gpu2}"
+type = "vllm"
+priority = 10
+[[backends.models]]
+id = "llama3:70b"
+[[backends.models]]
+id = "secret-7b"
+
+[[backends]]
+id = "open-1"
+url = "{open1}"
+type = "openai"
+priority = 0
+[[backends.models]]
+id = "llama3:70b"
+[[backends.models]]
+id = "secret-7b"
+
+[[backends]]
+id = "cloud"
+url = "{cloud}"
+type = "openai"
+priority = 0
+[[backends.models]]
+id = "cloud-only"
+[[backends.models]]
+id = "llama3:70b"
+
+[[backends]]
+id = "stray"
+url = "{stray}"
+type = "ollama"
+priority = 1
+[[backends.models]]
+id = "stray-model"
+"""
+POOL = ("gpu-1", "gpu-2", "open-1")  # the pool's endpoints, in the cluster's order
+# A test-only filter that turns a client header into the endpoint subset a gateway would send
+# (a real gateway sets the metadata itself; never let clients do this in production).
+SUBSET_FILTER = """          http_filters:
+          - name: envoy.filters.http.header_to_metadata
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config
+              request_rules:
+              - header: x-test-endpoint-subset
+                remove: true
+                on_header_present:
+                  metadata_namespace: envoy.lb.subset_hint
+                  key: x-gateway-destination-endpoint-subset
+                  type: STRING
+"""
+
+
+@dataclass
+class PoolStack(Stack):
+    cert: Path = Path()
+
+    def endpoint(self, name: str) -> str:
+        return f"127.0.0.1:{self.upstreams[name].port}"
+
+    def access_log(self, count: int, timeout: float = 10.0) -> list[dict[str, str]]:
+        """The first `count` access log lines Envoy wrote (JSON), waiting for them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.envoy.log_path.read_text(errors="replace")
+            lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.1)
+
+
+def make_pool_stack_factory(closers: list[Callable[[], None]], tmp: Path) -> Callable[..., PoolStack]:
+    """make(nexus_up=True, subset_filter=True) → a running PoolStack: five upstreams (the three
+    pool endpoints gpu-1, gpu-2, open-1; `cloud`, a hostname backend; `stray`, an IP backend
+    outside the pool), nexus-grpc on TLS with a dev certificate, and Envoy on
+    inference-pool.yaml (plus the test subset filter)."""
+    from nexus_grpc.devcert import write_dev_cert
+
+    made = write_dev_cert(tmp / "tls", ("localhost", "127.0.0.1"), days=2, force=True)
+
+    def make(*, nexus_up: bool = True, subset_filter: bool = True) -> PoolStack:
+        names = (*POOL, "cloud", "stray")
+        upstreams = {name: UpstreamServer(name).start() for name in names}
+        closers.extend(u.stop for u in upstreams.values())
+        nexus = None
+        nexus_port = free_port()
+        if nexus_up:
+            nexus = NexusThread(
+                POOL_TOML.format(
+                    cert=made.cert,
+                    key=made.key,
+                    gpu1=upstreams["gpu-1"].url,
+                    gpu2=upstreams["gpu-2"].url,
+                    open1=upstreams["open-1"].url,
+                    cloud=f"http://localhost:{upstreams['cloud'].port}",
+                    stray=upstreams["stray"].url,
+                ),
+                root_certificates=made.cert.read_bytes(),
+            )
+            closers.append(nexus.stop)
+            nexus_port = nexus.port
+        envoy = EnvoyProcess(
+            DEPLOY_DIR / "inference-pool.yaml",
+            {
+                "NEXUS_HOST": "127.0.0.1",
+                "NEXUS_PORT": nexus_port,
+                "NEXUS_CA": made.cert,
+                "NEXUS_TLS_NAME": "localhost",
+                "POOL_IP": "127.0.0.1",
+                **{f"POOL_PORT_{i}": upstreams[name].port for i, name in enumerate(POOL, 1)},
+            },
+            log_level="warn",
+            replace={"          http_filters:\n": SUBSET_FILTER} if subset_filter else None,
+        )
+        closers.append(envoy.stop)
+        envoy.start()
+        return PoolStack(envoy, nexus, upstreams, made.cert)
 
     return make

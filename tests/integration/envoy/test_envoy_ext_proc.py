@@ -56,6 +56,8 @@ def test_restricted_model_never_reaches_the_cloud_upstream(make_stack: StackFact
     assert resp.status == 503
     assert resp.json()["error"]["code"] == "no_eligible_backend"
     assert resp.headers["x-nexus-rejection-reasons"] == "1 backend excluded by PrivacyReconciler"
+    # the backend privacy excluded is not offered as available: nothing can take this request
+    assert resp.json()["context"]["available_backends"] == []
     # a request that asks for the restricted zone itself never goes to the cloud either
     resp = stack.http(headers={"x-nexus-model": "gpt-3.5-turbo", "x-nexus-privacy": "restricted"})
     assert resp.status == 503
@@ -67,7 +69,14 @@ def test_restricted_model_never_reaches_the_cloud_upstream(make_stack: StackFact
 @pytest.mark.parametrize(
     ("headers", "status", "code", "kind", "summary", "retry"),
     [
-        ({"x-nexus-model": "claude-9"}, 404, "model_not_found", "invalid_request_error", "0 backends", False),
+        (
+            {"x-nexus-model": "claude-9"},
+            404,
+            "model_not_found",
+            "invalid_request_error",
+            "model 'claude-9' is not served here; available models: deepseek-r1:70b, gpt-3.5-turbo",
+            False,
+        ),
         ({"x-nexus-model": "gpt-3.5-turbo"}, 429, "budget_exhausted", "rate_limit_error", "1 backend", True),
         (
             {"x-nexus-model": "gpt-4-turbo"},
@@ -121,7 +130,11 @@ def test_reject_status_body_and_headers_for_each_code(
             ("gpu-1", "llama3:70b"),
             ("gpu-2", "qwen2:72b"),
         }
-        assert body["context"]["available_backends"] == ["gpu-1"]
+        # both serve their model but are below the tier the request needs: neither can take it
+        assert body["context"]["available_backends"] == []
+    if code == "budget_exhausted":
+        wait = body["context"]["retry_after_ms"]
+        assert f"retry after {wait} ms (" in body["error"]["message"]  # and readably
     assert stack.received() == {"gpu-1": 0, "gpu-2": 0, "openai": 0}
 
 

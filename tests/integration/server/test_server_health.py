@@ -26,6 +26,9 @@ NAMES = [
     "nexus.v1.RegistryService",
     "nexus.v1.BudgetService",
     "nexus.v1.AdminService",
+    "envoy.service.ext_proc.v3.ExternalProcessor",
+    "envoy.service.auth.v3.Authorization",
+    "readiness",  # what endpoint-picking gateways check, with liveness
 ]
 
 
@@ -36,7 +39,7 @@ def status(s: Any, service: str) -> int:
 def test_serving_after_start(small: TestServer, stubs_of: StubsOf, error_of: ErrorOf) -> None:
     s = stubs_of(small)
     assert small.runtime.ready
-    for name in NAMES:
+    for name in [*NAMES, "liveness"]:
         assert status(s, name) == SERVING, name
     code, _ = error_of(s.health.Check, health_pb2.HealthCheckRequest(service="nexus.v1.NoSuchService"))
     assert code == grpc.StatusCode.NOT_FOUND
@@ -56,6 +59,7 @@ def test_not_serving_while_draining_then_unavailable(
     # still within the drain: health says NOT_SERVING, the server keeps answering
     for name in NAMES:
         assert status(s, name) == NOT_SERVING, name
+    assert status(s, "liveness") == SERVING  # alive and answering, only not ready
     assert s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5).draining
     resp = s.decision.Decide(dpb.DecideRequest(model="primary"), timeout=5)
     assert resp.route.backend_id == "p1"

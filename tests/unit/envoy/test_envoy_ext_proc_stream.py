@@ -1,7 +1,7 @@
 """The ext_proc (and ext_authz) servicers over a real grpc.aio channel, driven by scripted Envoy
 messages (no Envoy): the hold wakes HIGH priority first, a cancelled stream frees its slot, a bug
-fails closed, and errors raised while deciding (the ledger cannot store a reservation, overload)
-are a 503 JSON answer."""
+fails closed, and errors raised while deciding are a JSON answer (503 when the ledger cannot
+store a reservation, 429 when shedding load)."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def test_a_ledger_that_cannot_store_the_reservation_is_a_503_json_answer() -> No
     run(body, PRICED)
 
 
-def test_overload_while_deciding_is_a_503_json_answer() -> None:
+def test_overload_while_deciding_is_a_429_json_answer() -> None:
     async def body(runtime: Runtime, stub: Any) -> None:
         async def shed(*args: object, **kwargs: object) -> None:
             raise Overloaded("server near max_concurrent_rpcs: shedding normal-priority decisions")
@@ -241,7 +241,7 @@ def test_overload_while_deciding_is_a_503_json_answer() -> None:
         call = stub.Process()
         await call.write(headers_msg(x_nexus_model="m", x_request_id="ovl-1"))
         reply = (await call.read()).immediate_response
-        assert reply.status.code == 503
+        assert reply.status.code == 429  # shed: what endpoint-picking gateways expect
         assert json.loads(reply.body)["error"]["code"] == "overloaded"
         await call.done_writing()
 

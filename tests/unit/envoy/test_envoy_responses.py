@@ -10,7 +10,8 @@ import pytest
 
 from nexus_grpc.config.loader import load_config_text
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
-from nexus_grpc.domain.enums import BackendStatus
+from nexus_grpc.domain.durations import readable_ms
+from nexus_grpc.domain.enums import BackendStatus, ExclusionCode
 from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.errors import LedgerError, Overloaded
@@ -21,6 +22,7 @@ from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.reconcilers import default_stages
 from nexus_grpc.servicers.envoy.mapping import HeaderError
 from nexus_grpc.servicers.envoy.responses import (
+    available_backends,
     bad_request_reply,
     destination_endpoint,
     error_reply,
@@ -148,6 +150,12 @@ def test_reject_table() -> None:
         "model_not_found",
     )
     assert "retry-after" not in headers
+    # the summary says what happened, not "0 backends excluded by no stage"
+    assert headers["x-nexus-rejection-reasons"] == (
+        "model 'nope' is not served here; available models: gpt-3.5-turbo, gpt-4-turbo, llama3:70b, qwen2:72b"
+    )
+    assert body["context"]["available_models"] == ["gpt-3.5-turbo", "gpt-4-turbo", "llama3:70b", "qwen2:72b"]  # type: ignore[index]
+    assert body["context"]["available_backends"] == []  # type: ignore[index]
 
     status, headers, body = _reply(engine, decide(engine, "gpt-4-turbo"))
     assert (status, body["error"]["type"], body["error"]["param"], body["error"]["code"]) == (  # type: ignore[index]
@@ -160,7 +168,8 @@ def test_reject_table() -> None:
     assert headers["content-type"] == "application/json"
     reason = body["context"]["rejection_reasons"][0]  # type: ignore[index]
     assert reason["code"] == "EXCLUSION_CODE_PRIVACY_ZONE" and reason["suggested_action"]
-    assert body["context"]["available_backends"] == ["openai"]  # type: ignore[index]
+    # openai serves the model but the privacy policy excluded it: it cannot take the request
+    assert body["context"]["available_backends"] == []  # type: ignore[index]
 
     status, headers, body = _reply(engine, decide(engine, "llama3:70b", min_tier=5))
     assert (status, body["error"]["code"]) == (503, "fallback_exhausted")  # type: ignore[index]
@@ -175,14 +184,32 @@ def test_reject_table() -> None:
         "rate_limit_error",
         "budget_exhausted",
     )  # type: ignore[index]
-    assert int(headers["retry-after"]) >= 1
+    wait_ms = int(body["context"]["retry_after_ms"])  # type: ignore[index]
+    assert int(headers["retry-after"]) == -(-wait_ms // 1000)
+    message = body["error"]["message"]  # type: ignore[index]
+    assert message.endswith(f"; retry after {wait_ms} ms ({readable_ms(wait_ms)})")
+    assert readable_ms(wait_ms).split()[1] in ("d", "h")  # the month's end: days (and hours)
 
 
-def test_available_backends_are_the_healthy_ones() -> None:
+def test_available_backends_are_those_nothing_about_the_request_rules_out() -> None:
     engine = make_engine()
-    engine.registry.set_state("gpu-1", BackendStatus.UNHEALTHY)
-    _, _, body = _reply(engine, decide(engine, "llama3:70b", min_tier=5))
-    assert body["context"]["available_backends"] == ["gpu-2"]  # type: ignore[index]
+    decision = decide(engine, "llama3:70b", min_tier=5)
+    assert available_backends(engine, decision) == []  # both below the tier the request needs
+    tier, other = decision.exclusions[0], decision.exclusions[1]
+    assert {tier.backend_id, other.backend_id} >= {"gpu-1", "gpu-2"}
+    busy = tier._replace(backend_id="gpu-2", code=ExclusionCode.SATURATED)  # live load only
+    assert available_backends(engine, decision._replace(exclusions=(tier, busy))) == ["gpu-2"]
+    engine.registry.set_state("gpu-2", BackendStatus.UNHEALTHY)
+    assert available_backends(engine, decision._replace(exclusions=(tier, busy))) == []
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [(0, "0 ms"), (999, "999 ms"), (1500, "1 s"), (61_000, "1 min 1 s"), (3_600_000, "1 h"),
+     (90_061_000, "1 d 1 h"), (2_611_195_824, "30 d 5 h")],
+)  # fmt: skip
+def test_readable_durations(ms: int, text: str) -> None:
+    assert readable_ms(ms) == text
 
 
 def test_summary_exposure_carries_only_codes_and_counts() -> None:
@@ -190,7 +217,7 @@ def test_summary_exposure_carries_only_codes_and_counts() -> None:
     _, _, body = _reply(engine, decide(engine, "llama3:70b", min_tier=5))
     assert body["context"] == {
         "rejection_reasons": [{"code": "EXCLUSION_CODE_TIER_BELOW_MINIMUM", "count": 3}],
-        "available_backend_count": 2,
+        "available_backend_count": 0,
     }
 
 
@@ -219,13 +246,15 @@ def test_queue_and_bad_request_replies() -> None:
     [(LedgerError("the budget ledger cannot store changes (disk full)"), "ledger_unavailable"),
      (Overloaded("server near max_concurrent_rpcs"), "overloaded")],
 )  # fmt: skip
-def test_errors_raised_while_deciding_are_a_503_json_answer(exc: Exception, code: str) -> None:
+def test_errors_raised_while_deciding_are_a_json_answer(exc: Exception, code: str) -> None:
+    """The ledger unavailable is a 503 (no backend can take it now); overload sheds with 429."""
     reply = error_reply(exc, "rid-7")
-    assert reply.status == 503
+    status, kind = (429, "rate_limit_error") if code == "overloaded" else (503, "service_unavailable")
+    assert reply.status == status
     headers = dict(reply.headers)
     assert headers == {"content-type": "application/json", "retry-after": "1", "x-nexus-request-id": "rid-7"}
     error = json.loads(reply.body)["error"]
-    assert (error["type"], error["code"], error["param"]) == ("service_unavailable", code, None)
+    assert (error["type"], error["code"], error["param"]) == (kind, code, None)
     assert str(exc) in error["message"] and "rid-7" in error["message"]
     assert reply.details == f"nexus_{code}"
 

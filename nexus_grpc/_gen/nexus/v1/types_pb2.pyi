@@ -219,6 +219,11 @@ class _ExclusionCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Exclusi
     """A stage that fails closed raised an error: every remaining candidate is excluded with this
     code (the server log has the details under the request id).
     """
+    EXCLUSION_CODE_OUTSIDE_ENDPOINT_SUBSET: _ExclusionCode.ValueType  # 14
+    """Not among the endpoints an endpoint-picking gateway lets this request go to: outside the
+    endpoint subset it sent, or a backend whose URL host is a name (such a gateway can only be
+    told an ip:port endpoint).
+    """
 
 class ExclusionCode(_ExclusionCode, metaclass=_ExclusionCodeEnumTypeWrapper):
     """Why one backend was excluded by one stage. Each value names the stage that uses it."""
@@ -262,6 +267,11 @@ EXCLUSION_CODE_NOT_IN_REGISTRY: ExclusionCode.ValueType  # 12
 EXCLUSION_CODE_INTERNAL_ERROR: ExclusionCode.ValueType  # 13
 """A stage that fails closed raised an error: every remaining candidate is excluded with this
 code (the server log has the details under the request id).
+"""
+EXCLUSION_CODE_OUTSIDE_ENDPOINT_SUBSET: ExclusionCode.ValueType  # 14
+"""Not among the endpoints an endpoint-picking gateway lets this request go to: outside the
+endpoint subset it sent, or a backend whose URL host is a name (such a gateway can only be
+told an ip:port endpoint).
 """
 Global___ExclusionCode: _TypeAlias = ExclusionCode  # noqa: Y015
 
