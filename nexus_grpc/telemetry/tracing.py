@@ -33,7 +33,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from nexus_grpc import __version__
@@ -154,11 +154,7 @@ class Tracing:
     def rpc(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Iterator[Span]:
         """The SERVER span of one RPC (`method` like "/nexus.v1.DecisionService/Decide"), a child
         of the caller's `traceparent` when the metadata carries one; current while it runs."""
-        carrier = {
-            k: (v.decode() if isinstance(v, bytes) else v)
-            for k, v in metadata or ()
-            if k in ("traceparent", "tracestate")
-        }
+        carrier = _trace_carrier(metadata or ())
         parent = _PROPAGATOR.extract(carrier) if carrier else None
         name = method.lstrip("/")
         service, _, _rpc_method = name.partition("/")
@@ -176,12 +172,40 @@ class Tracing:
             span.end()
 
     @contextmanager
-    def linked(self, name: str, headers: Mapping[str, str]) -> Iterator[Span]:
-        """A span in the trace of an HTTP request seen through Envoy (its `traceparent` header),
-        else a child of the current span; current while it runs."""
-        carrier = {k: v for k, v in headers.items() if k in ("traceparent", "tracestate")}
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
-        span = self.tracer.start_span(name, context=parent, kind=SpanKind.INTERNAL)
+    def linked(
+        self,
+        name: str,
+        headers: Mapping[str, str],
+        metadata: Iterable[tuple[str, str | bytes]] | None = None,
+    ) -> Iterator[Span]:
+        """The span of a decision made for an HTTP request seen through Envoy; current while it
+        runs. Its parent, first found wins: the current span when that one continues a caller's
+        trace (ext_authz's RPC span, when Envoy traces its calls); the `traceparent` of the
+        gRPC `metadata` (ext_proc's stream, when Envoy traces); the HTTP request's own
+        `traceparent` header (a client's or a front proxy's trace); else the current span, or a
+        new trace. An RPC span left outside the request's trace is linked from this one."""
+        current = trace.get_current_span()
+        parent = None  # the current context
+        links: list[Link] = []
+        if getattr(current, "parent", None) is None:
+            carrier = _trace_carrier(metadata or ()) or _trace_carrier(headers.items())
+            if carrier:
+                parent = _PROPAGATOR.extract(carrier)
+                if current.is_recording():
+                    links.append(Link(current.get_span_context()))
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.INTERNAL, links=links)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield span
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    @contextmanager
+    def child(self, name: str, parent: Span) -> Iterator[Span]:
+        """A span under `parent` (a decision's, kept until its outcome is reported); current
+        while it runs."""
+        span = self.tracer.start_span(name, context=trace.set_span_in_context(parent))
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             yield span
@@ -206,6 +230,16 @@ class Tracing:
     def decision(self, decision: Decision, started_ns: int, tenant: str) -> None:
         """The decision's attributes on the current span (an RPC's, or an Envoy request's)."""
         record_decision(self.tracer, trace.get_current_span(), decision, started_ns, tenant)
+
+
+def _trace_carrier(items: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The W3C trace context among headers or gRPC metadata; empty without a `traceparent`."""
+    carrier = {
+        k: (v.decode("latin-1") if isinstance(v, bytes) else v)
+        for k, v in items
+        if k in ("traceparent", "tracestate")
+    }
+    return carrier if "traceparent" in carrier else {}
 
 
 def finish_rpc(span: Span, code_name: str) -> None:

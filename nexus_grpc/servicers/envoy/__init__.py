@@ -12,6 +12,7 @@ from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.servicers.envoy import ext_authz, ext_proc
 from nexus_grpc.servicers.envoy.mapping import EnvoyStats
 from nexus_grpc.servicers.gate import Gate, register
+from nexus_grpc.telemetry.tracing import Tracing
 
 __all__ = ["LIVENESS", "READINESS", "EnvoyStats", "add_envoy_servicers", "envoy_stats"]
 
@@ -33,19 +34,24 @@ def envoy_stats(engine: DecisionEngine) -> EnvoyStats:
 
 
 def add_envoy_servicers(engine: DecisionEngine, server: grpc.aio.Server, gate: Gate) -> tuple[str, ...]:
-    """Register ExternalProcessor and Authorization behind the gate; returns their names."""
+    """Register ExternalProcessor and Authorization behind the gate; returns their names. Their
+    decisions are traced while the gate traces (its tracer is set once telemetry starts)."""
     stats = envoy_stats(engine)
+
+    def tracing() -> Tracing | None:
+        return gate.tracing
+
     return (
         register(
             server,
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server,
-            ext_proc.ExtProcServicer(engine, stats),
+            ext_proc.ExtProcServicer(engine, stats, tracing),
             gate,
         ),
         register(
             server,
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
-            ext_authz.ExtAuthzServicer(engine, stats),
+            ext_authz.ExtAuthzServicer(engine, stats, tracing),
             gate,
         ),
     )

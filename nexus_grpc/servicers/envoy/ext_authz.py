@@ -12,6 +12,8 @@ body, so the backend receives the model the client wrote."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -33,6 +35,7 @@ from nexus_grpc.servicers.envoy.mapping import (
     fields_from_headers,
     request_id,
 )
+from nexus_grpc.telemetry.tracing import Tracing
 
 log = logging.getLogger("nexus_grpc")
 
@@ -79,9 +82,15 @@ def request_body(request: Any) -> bytes:
 
 
 class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, engine: DecisionEngine, stats: EnvoyStats | None = None) -> None:
+    def __init__(
+        self,
+        engine: DecisionEngine,
+        stats: EnvoyStats | None = None,
+        tracing: Callable[[], Tracing | None] = lambda: None,
+    ) -> None:
         self.engine = engine
         self.stats = stats or EnvoyStats()
+        self.tracing = tracing  # the server's tracer, once telemetry has started (or None)
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         headers = request_headers(request)
@@ -108,7 +117,15 @@ class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             decide_request = build_request(fields, config)
         except HeaderError as exc:
             return denied(responses.bad_request_reply(exc))
-        decision = await engine.decide(decide_request, take_slot=False)
+        tracing = self.tracing()
+        if tracing is None:
+            decision = await engine.decide(decide_request, take_slot=False)
+        else:
+            with tracing.linked("nexus.decide", headers) as span:
+                span.set_attribute("nexus.adapter", "envoy_ext_authz")
+                started = time.time_ns()
+                decision = await engine.decide(decide_request, take_slot=False)
+                tracing.decision(decision, started, decide_request.tenant)
         verdict = decision.verdict
         if isinstance(verdict, Reject):
             return denied(responses.reject_reply(engine, decision, verdict))

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -41,6 +42,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2, struct_pb2
+from opentelemetry.trace import Span
 
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.endpoints import EndpointSubset, endpoint_of
@@ -65,6 +67,7 @@ from nexus_grpc.servicers.envoy.mapping import (
     stream_usage_tokens,
     usage_tokens,
 )
+from nexus_grpc.telemetry.tracing import Tracing
 
 log = logging.getLogger("nexus_grpc")
 
@@ -83,6 +86,7 @@ BODY_CHUNK = 62_000
 STREAM_TAIL = 64 * 1024  # the end of a server-sent-event response kept to find its usage
 
 Send = Callable[[Any], Awaitable[None]]
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 def header_map(headers: Any) -> dict[str, str]:
@@ -159,10 +163,21 @@ def _media(content_type: str | None) -> str:
 class Exchange:
     """The state of one HTTP request's ext_proc stream."""
 
-    def __init__(self, engine: DecisionEngine, stats: EnvoyStats, send: Send) -> None:
+    def __init__(
+        self,
+        engine: DecisionEngine,
+        stats: EnvoyStats,
+        send: Send,
+        tracing: Tracing | None = None,
+        metadata: Metadata = (),
+    ) -> None:
         self.engine = engine
         self.stats = stats
         self.send = send
+        self.tracing = tracing  # set: the decision and its outcome are spans
+        self.metadata = metadata  # the stream's gRPC metadata (Envoy's trace context, if any)
+        self.trace_headers: dict[str, str] = {}  # the request's own traceparent / tracestate
+        self.span: Span | None = None  # the decision's span, the parent of its outcome's
         self.configured = False  # the first message's protocol_config was read
         self.duplex_request = False  # request bodies are FULL_DUPLEX_STREAMED
         self.duplex_response = False  # response bodies are FULL_DUPLEX_STREAMED
@@ -224,6 +239,8 @@ class Exchange:
             self.fields = fields_from_headers(headers, config.limits, adapter="envoy_ext_proc")
         except HeaderError as exc:
             return [immediate(responses.bad_request_reply(exc))]
+        if self.tracing is not None:
+            self.trace_headers = {k: headers[k] for k in ("traceparent", "tracestate") if k in headers}
         try:
             subset = endpoint_subset(msg.metadata_context.filter_metadata)
         except HeaderError as exc:
@@ -329,10 +346,22 @@ class Exchange:
             request = build_request(self.fields, self.engine.config, self.subset)
         except HeaderError as exc:
             return immediate(responses.bad_request_reply(exc))
+        if self.tracing is None:
+            return await self._answer(phase, request)
+        with self.tracing.linked("nexus.decide", self.trace_headers, self.metadata) as span:
+            span.set_attribute("nexus.adapter", "envoy_ext_proc")
+            self.span = span
+            return await self._answer(phase, request)
+
+    async def _answer(self, phase: str, request: DecisionRequest) -> Any:
         decision = await self.engine.decide(request)
         held_ms: int | None = None
         if isinstance(decision.verdict, Queue):
             decision, held_ms = await self._hold(request)
+        if self.tracing is not None:
+            self.tracing.decision(decision, _started_ns(decision), request.tenant)
+            if held_ms is not None and self.span is not None:
+                self.span.set_attribute("nexus.queue.held_ms", held_ms)
         verdict = decision.verdict
         if isinstance(verdict, Reject):
             return immediate(responses.reject_reply(self.engine, decision, verdict))
@@ -531,7 +560,14 @@ class Exchange:
         )
         self.stats.outcomes_reported += 1
         try:
-            await self.engine.report_outcome(outcome)
+            if self.tracing is None or self.span is None:
+                await self.engine.report_outcome(outcome)
+            else:
+                with self.tracing.child("nexus.outcome", self.span):
+                    result = await self.engine.report_outcome(outcome)
+                    self.tracing.outcome(
+                        result.decision_id, result.settle.recorded, result.settle.charged_nano
+                    )
         except LedgerError as exc:
             # the upstream answered: never spoil its response; the engine retries the report
             log.warning("ext_proc: outcome of %s not stored yet (%s); retrying", self.decision_id, exc)
@@ -551,15 +587,23 @@ class Exchange:
 
 
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, engine: DecisionEngine, stats: EnvoyStats) -> None:
+    def __init__(
+        self,
+        engine: DecisionEngine,
+        stats: EnvoyStats,
+        tracing: Callable[[], Tracing | None] = lambda: None,
+    ) -> None:
         self.engine = engine
         self.stats = stats
+        self.tracing = tracing  # the server's tracer, once telemetry has started (or None)
         self._closing: set[asyncio.Task[None]] = set()
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        exchange = Exchange(self.engine, self.stats, context.write)
+        tracing = self.tracing()
+        metadata = context.invocation_metadata() or () if tracing is not None else ()
+        exchange = Exchange(self.engine, self.stats, context.write, tracing, metadata)
         try:
             async for msg in request_iterator:
                 try:
@@ -580,3 +624,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
             await asyncio.shield(task)
+
+
+def _started_ns(decision: Decision) -> int:
+    """When the decision's pipeline began, in wall-clock ns (its stages ran just now)."""
+    return time.time_ns() - sum(ns for _, ns in decision.stage_durations_ns)

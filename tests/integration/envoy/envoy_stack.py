@@ -302,7 +302,8 @@ StackFactory = Callable[..., Stack]
 def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
     """make(filter_name, read_body=..., nexus_up=True, ...) → a running Stack; every process it
     starts is added to `closers`. `server_extra` adds lines to nexus-grpc's [server] table,
-    `envoy_replace` changes the shipped Envoy config (see EnvoyProcess)."""
+    `tables` whole tables to its config, `envoy_replace` changes the shipped Envoy config (see
+    EnvoyProcess)."""
 
     def make(
         filter_name: str,
@@ -314,6 +315,7 @@ def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
         gpu2_concurrency: int = 0,
         nexus_up: bool = True,
         server_extra: str = "",
+        tables: str = "",
         envoy_replace: dict[str, str] | None = None,
     ) -> Stack:
         upstreams = {name: UpstreamServer(name).start() for name in ("gpu-1", "gpu-2", "openai")}
@@ -333,6 +335,7 @@ def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
                     gpu2=upstreams["gpu-2"].url,
                     cloud=upstreams["openai"].url,
                 )
+                + tables
             )
             closers.append(nexus.stop)
             nexus_port = nexus.port

@@ -3,21 +3,17 @@ HTTP server on a free port — which decodes the spans."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
+from support.otlp import Collector, attrs, hex_id
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
@@ -34,85 +30,6 @@ STAGES = [
     "QualityReconciler",
     "SchedulerReconciler",
 ]
-
-
-class Collector:
-    """Receives OTLP/HTTP JSON on /v1/traces (and /v1/metrics) and keeps the decoded spans."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        self.metrics: list[dict[str, Any]] = []
-        self.paths: list[str] = []
-        self.lock = threading.Lock()
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                collector.receive(self.path, self.headers.get("content-type", ""), body)
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def receive(self, path: str, content_type: str, body: bytes) -> None:
-        with self.lock:
-            self.paths.append(path)
-            if path == "/v1/metrics":
-                for rm in json.loads(body).get("resourceMetrics", []):
-                    for sm in rm.get("scopeMetrics", []):
-                        self.metrics.extend(sm.get("metrics", []))
-                return
-            assert content_type.startswith("application/json"), content_type
-            for rs in json.loads(body).get("resourceSpans", []):
-                resource = _attrs(rs.get("resource", {}).get("attributes", []))
-                for ss in rs.get("scopeSpans", []):
-                    for span in ss.get("spans", []):
-                        span["attrs"] = _attrs(span.get("attributes", []))
-                        span["resource"] = resource
-                        self.spans.append(span)
-
-    def wait(
-        self, condition: Callable[[list[dict[str, Any]]], bool], what: str, timeout: float = 10.0
-    ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                spans = list(self.spans)
-            if condition(spans):
-                return spans
-            assert time.monotonic() < deadline, f"{what}: got {[s['name'] for s in spans]}"
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _attrs(items: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        value = item["value"]
-        out[item["key"]] = next(iter(value.values())) if value else None
-    return out
-
-
-def _hex(value: str) -> str:
-    """OTLP/JSON carries ids as hex (some encoders as base64): normalize to hex."""
-    if len(value) in (16, 32) and all(c in "0123456789abcdefABCDEF" for c in value):
-        return value.lower()
-    import base64
-
-    return base64.b64decode(value).hex()
 
 
 @pytest.fixture
@@ -140,7 +57,7 @@ def test_a_decide_span_joins_the_callers_trace_with_one_child_per_stage(
         lambda s: len([x for x in s if x["name"].startswith("nexus.v1")]) >= 2, "two RPC spans"
     )
     decide = next(s for s in spans if s["name"] == "nexus.v1.DecisionService/Decide")
-    assert _hex(decide["traceId"]) == TRACE_ID and _hex(decide["parentSpanId"]) == PARENT_ID
+    assert hex_id(decide["traceId"]) == TRACE_ID and hex_id(decide["parentSpanId"]) == PARENT_ID
     assert decide["kind"] in (2, "SPAN_KIND_SERVER")
     a = decide["attrs"]
     assert a["rpc.system.name"] == "grpc" and a["rpc.method"] == "nexus.v1.DecisionService/Decide"
@@ -150,12 +67,12 @@ def test_a_decide_span_joins_the_callers_trace_with_one_child_per_stage(
     assert a["nexus.decision_id"] == route.route.decision_id
     assert decide["resource"]["service.name"] == "nexus-grpc"
     children = [
-        s for s in spans if s.get("parentSpanId") and _hex(s["parentSpanId"]) == _hex(decide["spanId"])
+        s for s in spans if s.get("parentSpanId") and hex_id(s["parentSpanId"]) == hex_id(decide["spanId"])
     ]
     assert [c["name"] for c in children] == ["RouteIndex"]  # a Route the index decided in one step
     explain = next(s for s in spans if s["name"] == "nexus.v1.DecisionService/Explain")
     stage_spans = [
-        s for s in spans if s.get("parentSpanId") and _hex(s["parentSpanId"]) == _hex(explain["spanId"])
+        s for s in spans if s.get("parentSpanId") and hex_id(s["parentSpanId"]) == hex_id(explain["spanId"])
     ]
     assert sorted(c["name"] for c in stage_spans) == sorted(STAGES)
     privacy = next(c for c in stage_spans if c["name"] == "PrivacyReconciler")
@@ -300,6 +217,6 @@ def test_the_aggregates_also_go_out_as_otlp_metrics(
     decisions = next(m for m in collector.metrics if m["name"] == "nexus.decisions")
     points = decisions["sum"]["dataPoints"]
     by_verdict = {
-        _attrs(p["attributes"])["decision"]: int(p.get("asInt", p.get("asDouble", 0))) for p in points
+        attrs(p["attributes"])["decision"]: int(p.get("asInt", p.get("asDouble", 0))) for p in points
     }
     assert by_verdict["route"] >= 1 and by_verdict["reject"] >= 1
