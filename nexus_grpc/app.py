@@ -10,6 +10,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,7 @@ class ServeOptions:
     listen: str | None = None  # overrides [server] listen
     reuse_port: bool = False  # --workers > 1
     admin_sync: Path | None = None  # --workers > 1: the log the workers share admin changes through
+    on_ready: Callable[[Runtime], None] | None = None  # called once, when health first turns SERVING
 
 
 class Runtime:
@@ -106,6 +108,7 @@ class Runtime:
         self._ledger_unwritable = False
         self.prober = HealthProber(self.registry, on_change=self.engine.watch.notify)
         self._reload_lock = asyncio.Lock()  # reloads (SIGHUP, RPC, file watch) apply in order
+        self._on_ready: Callable[[Runtime], None] | None = None
 
     @property
     def config(self) -> Config:
@@ -194,6 +197,7 @@ class Runtime:
 
     async def start(self, options: ServeOptions | None = None) -> int:
         options = options or ServeOptions()
+        self._on_ready = options.on_ready
         config = self.config
         self.listen = options.listen or config.server.listen
         await self.engine.ledger.start()
@@ -293,6 +297,9 @@ class Runtime:
         await self._update_health()
         config = self.config
         log.info("serving on %s (config %s, %s ledger)", self.listen, config.version, self.engine.ledger.kind)
+        on_ready, self._on_ready = self._on_ready, None
+        if on_ready is not None:
+            on_ready(self)
 
     def _start_telemetry(self) -> None:
         telemetry = self.config.telemetry
