@@ -60,6 +60,9 @@ log = logging.getLogger("nexus_grpc")
 RESTART_SECTIONS = ("server", "ledger", "telemetry")
 OPEN_RPCS = 64  # beyond the unary and stream budgets: health checks and reflection
 ADMIN_SYNC_INTERVAL = 0.2  # seconds between reads of the other workers' admin changes
+# A health service name that is SERVING while the process answers at all, whatever the readiness
+# (draining, ledger refusing writes): for liveness probes, which restart what they see failing.
+LIVENESS_SERVICE = "liveness"
 
 
 def make_ledger(config: Config) -> Ledger:
@@ -253,6 +256,7 @@ class Runtime:
         self.server = server
         self._warn_if_open()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [asyncio.create_task(self._upkeep(), name="nexus-upkeep"), *self._start_watchers()]
         if config.health_check.enabled:  # SERVING once the first probe round has finished
             self._tasks.append(asyncio.create_task(self._serve_after_probes(), name="nexus-first-probes"))

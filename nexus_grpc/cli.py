@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 from nexus_grpc import __version__
 from nexus_grpc.text import plural
 
+# where decide, explain and health ask; the container image sets NEXUS_TARGET for its HEALTHCHECK
+DEFAULT_TARGET = os.environ.get("NEXUS_TARGET") or "127.0.0.1:50051"
+
 if TYPE_CHECKING:
     from nexus_grpc.app import Runtime
 
@@ -62,7 +65,8 @@ def _announce(runtime: Runtime) -> None:
     else:
         config = runtime.config
         hint = f"config {config.version}, {plural(len(config.backends), 'backend')}"
-    target = "" if runtime.listen.endswith(":50051") else f" (pass --target {runtime.listen})"
+    reached = runtime.listen == DEFAULT_TARGET or runtime.listen.endswith(":50051")
+    target = "" if reached else f" (pass --target {runtime.listen})"
     print(f"nexus-grpc: serving on {runtime.listen}{target}, {hint}", flush=True)
 
 
@@ -145,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask a server's gRPC health service; exit 0 when SERVING",
         description="Exit status 0 when the server reports SERVING, else 1.",
     )
-    h.add_argument("--target", default="127.0.0.1:50051")
+    h.add_argument("--target", default=DEFAULT_TARGET)
     h.add_argument("--service", default="", help="a service name (default: the whole server)")
     h.add_argument(
         "--wait", type=float, default=0.0, metavar="SECONDS", help="poll until SERVING, at most this long"
@@ -165,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
             ),
         )
         q.add_argument("model")
-        q.add_argument("--target", default="127.0.0.1:50051")
+        q.add_argument("--target", default=DEFAULT_TARGET)
         q.add_argument("--tokens", type=_tokens, default=0, help="estimated input tokens")
         q.add_argument("--max-output", type=_tokens, default=0, help="max output tokens")
         q.add_argument("--tenant", default="")
