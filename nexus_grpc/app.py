@@ -107,6 +107,8 @@ class Runtime:
         self.metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second SIGTERM/SIGINT: skip what is left of drain and grace
+        self._hurried: asyncio.Future[None] | None = None
         self._serving_health = False
         self._ledger_unwritable = False
         self.prober = HealthProber(self.registry, on_change=self.engine.watch.notify)
@@ -452,7 +454,9 @@ class Runtime:
         server_cfg = self.config.server
         self.state.draining = True
         await self._update_health()
-        await asyncio.sleep(server_cfg.drain_seconds if drain_seconds is None else drain_seconds)
+        drain = server_cfg.drain_seconds if drain_seconds is None else drain_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), drain)
         self.refusing = True
         for task in self._tasks:
             task.cancel()
@@ -460,10 +464,17 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.server is not None:
-            await self.server.stop(server_cfg.grace_seconds if grace_seconds is None else grace_seconds)
+            grace = server_cfg.grace_seconds if grace_seconds is None else grace_seconds
+            await self.server.stop(0 if self._hurry.is_set() else grace)
         await self.engine.ledger.close()
         self._stop_telemetry()
         self._stopped.set()
+
+    def hurry(self) -> None:
+        """Stop now: end the drain at once and give in-flight RPCs no grace."""
+        self._hurry.set()
+        if self.refusing and self.server is not None:  # already in the grace period: end it
+            self._hurried = asyncio.ensure_future(self.server.stop(0))
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -483,7 +494,16 @@ async def serve(runtime: Runtime, options: ServeOptions | None = None) -> None:
     tasks: set[asyncio.Future[None]] = set()
 
     def on_stop() -> None:
-        log.info("stopping: draining for %ss", runtime.config.server.drain_seconds)
+        if runtime.draining:
+            log.info("stopping now: a second signal ends the drain and the grace period")
+            runtime.hurry()
+            return
+        server = runtime.config.server
+        log.info(
+            "stopping: draining for %ss, then %ss of grace for in-flight RPCs (signal again to stop now)",
+            server.drain_seconds,
+            server.grace_seconds,
+        )
         tasks.add(asyncio.ensure_future(runtime.stop()))
 
     def on_hup() -> None:

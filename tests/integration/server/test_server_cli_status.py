@@ -70,3 +70,31 @@ def test_serve_says_when_it_is_ready(cli_env: dict[str, str]) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_a_second_signal_stops_at_once(cli_env: dict[str, str]) -> None:
+    """The demo drains for 5 s on Ctrl-C; a second Ctrl-C ends it at once."""
+    import signal
+    import time
+
+    from nexus_grpc.testing.envoy import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nexus_grpc.cli", "serve", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("nexus-grpc: serving on")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None  # draining
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 3.0
+    assert "signal again to stop now" in err and "stopping now" in err
