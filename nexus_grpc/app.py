@@ -54,6 +54,7 @@ from nexus_grpc.state.reload import ConfigWatcher
 from nexus_grpc.state.server import ServerState
 from nexus_grpc.telemetry.decision_log import DecisionLog
 from nexus_grpc.telemetry.prometheus import serve_metrics
+from nexus_grpc.text import plural
 
 log = logging.getLogger("nexus_grpc")
 # sections that need a restart; a reload reports a change to them and keeps the running values
@@ -158,10 +159,10 @@ class Runtime:
                 f"ledger {ledger.kind} cannot store changes ({ledger.write_error}): priced decisions fail"
             )
         if self.engine.reports_waiting:
-            reasons.append(f"{self.engine.reports_waiting} outcome(s) waiting for the ledger")
+            reasons.append(f"{plural(self.engine.reports_waiting, 'outcome')} waiting for the ledger")
         if self.state.reload_failures:
             reasons.append(
-                f"{self.state.reload_failures} config reload(s) failed; running {self.config.version}"
+                f"{plural(self.state.reload_failures, 'config reload')} failed; running {self.config.version}"
             )
         return reasons
 

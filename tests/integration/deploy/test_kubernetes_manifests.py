@@ -28,6 +28,7 @@ from manifests import (
     load,
 )
 
+from nexus_grpc import cli
 from nexus_grpc.config.loader import check_config
 from nexus_grpc.testing import envoy as envoy_testing
 
@@ -59,12 +60,17 @@ def workloads(m: Manifests) -> list[dict[str, Any]]:
     return m.of_kind("Deployment") + m.of_kind("StatefulSet")
 
 
-def test_the_configmap_toml_passes_check_config(m: Manifests, tmp_path: Path) -> None:
+def test_the_configmap_toml_passes_check_config(
+    m: Manifests, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = m.nexus_toml_text
     journal = m.nexus_toml["ledger"]["path"]
     # the journal's directory is the pod's emptyDir; here a writable stand-in
     path = tmp_path / "nexus.toml"
     path.write_text(text.replace(journal, str(tmp_path / "journal.db")))
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: OK (") and out.rstrip().endswith(", 0 warnings)"), out
     config, errors, warnings = check_config(path)
     assert errors == [] and warnings == [], (errors, warnings)
     assert config is not None and config.ledger.kind == "redis"
