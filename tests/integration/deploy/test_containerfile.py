@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from manifests import CONTAINERFILE, REPO
+from deploy_manifests import CONTAINERFILE, REPO
 
 from nexus_grpc import cli
 from nexus_grpc.testing.server import TestServer

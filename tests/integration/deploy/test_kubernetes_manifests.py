@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from manifests import (
+from deploy_manifests import (
     CONTAINERFILE,
     REPO,
     Manifests,

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from manifests import REPO
+from deploy_manifests import REPO
 
 from nexus_grpc.testing.envoy import free_port
 

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from manifests import Manifests, load
-from topology import Redis, Replica, envoy_template, substitute
+from deploy_manifests import Manifests, load
+from deploy_topology import Redis, Replica, envoy_template, substitute
 
 from nexus_grpc.testing.envoy import EnvoyProcess, free_port
 from nexus_grpc.testing.upstream import Answer, UpstreamServer

@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 import redis
 import yaml
+from deploy_manifests import REPO, Manifests, clusters, flag, listeners
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from manifests import REPO, Manifests, clusters, flag, listeners
 
 from nexus_grpc import api
 from nexus_grpc.testing.envoy import free_port
