@@ -7,6 +7,8 @@ with `kubernetes-validate --strict`, and yamllint.)"""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 import yaml
 from deploy_manifests import (
     CONTAINERFILE,
+    K8S,
     REPO,
     Manifests,
     clusters,
@@ -278,3 +281,16 @@ def test_the_toml_keys_the_rehearsal_substitutes_exist(m: Manifests) -> None:
     toml = tomllib.loads(m.nexus_toml_text)
     assert {"listen", "drain_seconds", "grace_seconds"} <= set(toml["server"])
     assert {"url", "path"} <= set(toml["ledger"])
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (optional)")
+def test_kubectl_kustomize_builds_the_same_objects(m: Manifests) -> None:
+    """What `kubectl apply -k` would send: every object once, labelled as part of nexus-grpc."""
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    built = [d for d in yaml.safe_load_all(done.stdout) if d]
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(map(key, built)) == sorted(map(key, m.docs))
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "nexus-grpc" for d in built)
