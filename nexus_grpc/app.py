@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -254,6 +256,8 @@ class Runtime:
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
         self._names = names
+        if not options.reuse_port:
+            _refuse_a_taken_port(self.listen)
         self.port = self._bind(server, self.listen)
         await server.start()
         self.server = server
@@ -491,6 +495,20 @@ def load_runtime(config_path: str | None) -> Runtime:
 async def serve(runtime: Runtime, options: ServeOptions | None = None) -> None:
     """Run until SIGTERM/SIGINT (graceful stop); SIGHUP reloads the config file."""
     loop = asyncio.get_running_loop()
+    # "serving" is announced only once the signals below are handled: a Ctrl-C right after the
+    # announcement must stop gracefully, not kill the process
+    announce = options.on_ready if options is not None else None
+    handled = False
+    early: list[Runtime] = []
+
+    def on_ready(ready: Runtime) -> None:
+        if handled and announce is not None:
+            announce(ready)
+        else:
+            early.append(ready)
+
+    if options is not None and announce is not None:
+        options = dataclasses.replace(options, on_ready=on_ready)
     await runtime.start(options)
     tasks: set[asyncio.Future[None]] = set()
 
@@ -523,7 +541,31 @@ async def serve(runtime: Runtime, options: ServeOptions | None = None) -> None:
     loop.add_signal_handler(signal.SIGTERM, on_stop)
     loop.add_signal_handler(signal.SIGINT, on_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    handled = True
+    if announce is not None:
+        for ready in early:
+            announce(ready)
     await runtime.wait_stopped()
+
+
+def _refuse_a_taken_port(listen: str) -> None:
+    """A port another process listens on, said plainly before grpc logs its own bind error."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or listen.startswith("unix:") or not port.isdigit() or int(port) == 0:
+        return
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # grpc reports anything else in its own words
+            raise OSError(
+                f"cannot listen on {listen}: the port is in use (another nexus-grpc? "
+                f"`nexus-grpc health --target {listen}` asks it)"
+            ) from None
 
 
 def _iso_now() -> str:

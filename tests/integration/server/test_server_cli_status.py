@@ -98,3 +98,17 @@ def test_a_second_signal_stops_at_once(cli_env: dict[str, str]) -> None:
     assert proc.returncode == 0, err
     assert time.monotonic() - started < 3.0
     assert "signal again to stop now" in err and "stopping now" in err
+
+
+def test_a_port_in_use_is_said_plainly(demo: TestServer, cli_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "nexus_grpc.cli", "serve", "--listen", demo.target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"cannot listen on {demo.target}: the port is in use" in done.stderr
+    assert "add_port.cc" not in done.stderr  # our words, before grpc's
