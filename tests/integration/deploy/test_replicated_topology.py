@@ -6,7 +6,9 @@ is killed (SIGKILL) and Redis is restarted.
 
 Checked: no request failed but ones in flight on the killed replica when it died; the spend in Redis
 equals the sum of the costs of the answered requests (by the usage the stand-ins reported and the
-ConfigMap's prices), nothing stays reserved; both surviving replicas report those totals through
+ConfigMap's prices), plus at most the usage of the few requests a stand-in answered while their
+client failed (the killed replica may have charged them just before it died); reserved is at most
+the killed replica's unsettled estimates; both surviving replicas report those totals through
 BudgetService.
 
 Substituted in the manifests, and only these: addresses (listen ports, the Redis URL, backend URLs,
@@ -138,7 +140,7 @@ def chat(port: int, n: int) -> tuple[int, str]:
 def test_three_replicas_behind_envoy_survive_a_kill_and_a_redis_restart(
     stack: tuple[Manifests, list[Replica], Redis, EnvoyProcess, dict[str, UpstreamServer]],
 ) -> None:
-    m, replicas, redis, envoy, _upstreams = stack
+    m, replicas, redis, envoy, upstreams = stack
     results: list[Result] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -204,13 +206,21 @@ def test_three_replicas_behind_envoy_survive_a_kill_and_a_redis_restart(
     assert {r.served_by for r in ok} == set(USAGE)
 
     prices = {b["id"]: b["pricing"] for b in m.nexus_toml["backends"] if b["id"] in USAGE}
-    expected = 0
-    for name, count in by_backend.items():
-        tokens_in, tokens_out = USAGE[name]
-        per_request = tokens_in * nano_per_token(prices[name]["input_per_1k"]) + tokens_out * nano_per_token(
-            prices[name]["output_per_1k"]
-        )
-        expected += count * per_request
+    cost = {
+        name: tokens_in * nano_per_token(prices[name]["input_per_1k"])
+        + tokens_out * nano_per_token(prices[name]["output_per_1k"])
+        for name, (tokens_in, tokens_out) in USAGE.items()
+    }
+    expected = sum(count * cost[name] for name, count in by_backend.items())
+    # A backend may have answered a request whose client then failed: the killed replica can have
+    # charged its usage just before it died, or not at all. Each such request counts once or not.
+    lost = {name: len(upstreams[name].received) - by_backend[name] for name in USAGE}
+    assert all(n >= 0 for n in lost.values()) and sum(lost.values()) <= len(failed), lost
+    allowed = {
+        expected + k_a * cost["vllm-a"] + k_b * cost["vllm-b"]
+        for k_a in range(lost["vllm-a"] + 1)
+        for k_b in range(lost["vllm-b"] + 1)
+    }
     month = datetime.now(tz=UTC).strftime("%Y-%m")
     survivors = [r for r in replicas if r is not victim]
     deadline = time.monotonic() + 20
@@ -221,16 +231,16 @@ def test_three_replicas_behind_envoy_survive_a_kill_and_a_redis_restart(
         client_.close()
         seen = [r.spent_reserved() for r in survivors]
         # the killed replica's reservations expire with their in-flight TTL; spend must already match
-        if spent == expected and all(s == (expected, reserved) for s in seen):
+        if spent in allowed and all(s == (spent, reserved) for s in seen):
             break
         assert time.monotonic() < deadline, (
-            f"redis spent {spent} reserved {reserved}, expected spent {expected}; replicas {seen}"
+            f"redis spent {spent} reserved {reserved}; the answered requests cost {expected}, those "
+            f"the backends answered for failed clients {lost} ({cost} each); replicas {seen}"
         )
         time.sleep(0.2)
-    print(f"spend in redis {spent / 1e9:.6f} USD = the answered requests' usage; replicas agree: {seen}")
-    unreported = len(failed) * max(
-        USAGE[n][0] * nano_per_token(prices[n]["input_per_1k"])
-        + USAGE[n][1] * nano_per_token(prices[n]["output_per_1k"])
-        for n in USAGE
+    print(
+        f"spend in redis {spent / 1e9:.6f} USD = the answered requests' usage {expected / 1e9:.6f} USD"
+        f" + {(spent - expected) / 1e9:.6f} USD of {lost} answered for a failed client; replicas "
+        f"agree: {seen}"
     )
-    assert reserved <= unreported  # only the killed replica's unsettled Routes, until they expire
+    assert reserved <= len(failed) * max(cost.values())  # the killed replica's unsettled Routes only
