@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ from nexus_grpc.telemetry.otlp_metrics import OtlpMetrics
 from nexus_grpc.telemetry.prometheus import serve_metrics
 from nexus_grpc.telemetry.readings import Readings
 from nexus_grpc.telemetry.tracing import Tracing, otlp_base
+from nexus_grpc.text import plural
 
 log = logging.getLogger("nexus_grpc")
 OPEN_RPCS = 64  # beyond the unary and stream budgets: health checks and reflection
@@ -78,6 +81,7 @@ class ServeOptions:
     listen: str | None = None  # overrides [server] listen
     reuse_port: bool = False  # --workers > 1
     admin_sync: Path | None = None  # --workers > 1: the log the workers share admin changes through
+    on_ready: Callable[[Runtime], None] | None = None  # called once, when health first turns SERVING
 
 
 class Runtime:
@@ -120,10 +124,13 @@ class Runtime:
         self.metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second SIGTERM/SIGINT: skip what is left of drain and grace
+        self._hurried: asyncio.Future[None] | None = None
         self._serving_health = False
         self._ledger_unwritable = False
         self.prober = HealthProber(self.registry, on_change=self.engine.watch.notify, clock=clock)
         self._reload_lock = asyncio.Lock()  # reloads (SIGHUP, RPC, file watch) apply in order
+        self._on_ready: Callable[[Runtime], None] | None = None
 
     @property
     def config(self) -> Config:
@@ -168,10 +175,10 @@ class Runtime:
                 f"ledger {ledger.kind} cannot store changes ({ledger.write_error}): priced decisions fail"
             )
         if self.engine.reports_waiting:
-            reasons.append(f"{self.engine.reports_waiting} outcome(s) waiting for the ledger")
+            reasons.append(f"{plural(self.engine.reports_waiting, 'outcome')} waiting for the ledger")
         if self.state.reload_failures:
             reasons.append(
-                f"{self.state.reload_failures} config reload(s) failed; running {self.config.version}"
+                f"{plural(self.state.reload_failures, 'config reload')} failed; running {self.config.version}"
             )
         return reasons
 
@@ -211,6 +218,7 @@ class Runtime:
 
     async def start(self, options: ServeOptions | None = None) -> int:
         options = options or ServeOptions()
+        self._on_ready = options.on_ready
         config = self.config
         self.listen = options.listen or config.server.listen
         await self.engine.ledger.start()
@@ -261,6 +269,8 @@ class Runtime:
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
         self._names = [*names, READINESS]  # health names that follow readiness
+        if not options.reuse_port:
+            _refuse_a_taken_port(self.listen)
         self.port = self._bind(server, self.listen)
         await server.start()
         self.server = server
@@ -311,6 +321,9 @@ class Runtime:
         await self._update_health()
         config = self.config
         log.info("serving on %s (config %s, %s ledger)", self.listen, config.version, self.engine.ledger.kind)
+        on_ready, self._on_ready = self._on_ready, None
+        if on_ready is not None:
+            on_ready(self)
 
     def _start_telemetry(self) -> None:
         telemetry = self.config.telemetry
@@ -517,7 +530,9 @@ class Runtime:
         server_cfg = self.config.server
         self.state.draining = True
         await self._update_health()
-        await asyncio.sleep(server_cfg.drain_seconds if drain_seconds is None else drain_seconds)
+        drain = server_cfg.drain_seconds if drain_seconds is None else drain_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), drain)
         self.refusing = True
         for task in self._tasks:
             task.cancel()
@@ -525,10 +540,17 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.server is not None:
-            await self.server.stop(server_cfg.grace_seconds if grace_seconds is None else grace_seconds)
+            grace = server_cfg.grace_seconds if grace_seconds is None else grace_seconds
+            await self.server.stop(0 if self._hurry.is_set() else grace)
         await self.engine.ledger.close()
         self._stop_telemetry()
         self._stopped.set()
+
+    def hurry(self) -> None:
+        """Stop now: end the drain at once and give in-flight RPCs no grace."""
+        self._hurry.set()
+        if self.refusing and self.server is not None:  # already in the grace period: end it
+            self._hurried = asyncio.ensure_future(self.server.stop(0))
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -544,11 +566,34 @@ def load_runtime(config_path: str | None) -> Runtime:
 async def serve(runtime: Runtime, options: ServeOptions | None = None) -> None:
     """Run until SIGTERM/SIGINT (graceful stop); SIGHUP reloads the config file."""
     loop = asyncio.get_running_loop()
+    # "serving" is announced only once the signals below are handled: a Ctrl-C right after the
+    # announcement must stop gracefully, not kill the process
+    announce = options.on_ready if options is not None else None
+    handled = False
+    early: list[Runtime] = []
+
+    def on_ready(ready: Runtime) -> None:
+        if handled and announce is not None:
+            announce(ready)
+        else:
+            early.append(ready)
+
+    if options is not None and announce is not None:
+        options = dataclasses.replace(options, on_ready=on_ready)
     await runtime.start(options)
     tasks: set[asyncio.Future[None]] = set()
 
     def on_stop() -> None:
-        log.info("stopping: draining for %ss", runtime.config.server.drain_seconds)
+        if runtime.draining:
+            log.info("stopping now: a second signal ends the drain and the grace period")
+            runtime.hurry()
+            return
+        server = runtime.config.server
+        log.info(
+            "stopping: draining for %ss, then %ss of grace for in-flight RPCs (signal again to stop now)",
+            server.drain_seconds,
+            server.grace_seconds,
+        )
         tasks.add(asyncio.ensure_future(runtime.stop()))
 
     def on_hup() -> None:
@@ -567,7 +612,31 @@ async def serve(runtime: Runtime, options: ServeOptions | None = None) -> None:
     loop.add_signal_handler(signal.SIGTERM, on_stop)
     loop.add_signal_handler(signal.SIGINT, on_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    handled = True
+    if announce is not None:
+        for ready in early:
+            announce(ready)
     await runtime.wait_stopped()
+
+
+def _refuse_a_taken_port(listen: str) -> None:
+    """A port another process listens on, said plainly before grpc logs its own bind error."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or listen.startswith("unix:") or not port.isdigit() or int(port) == 0:
+        return
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # grpc reports anything else in its own words
+            raise OSError(
+                f"cannot listen on {listen}: the port is in use (another nexus-grpc? "
+                f"`nexus-grpc health --target {listen}` asks it)"
+            ) from None
 
 
 def _iso_now() -> str:

@@ -1,15 +1,24 @@
-"""nexus-grpc serve | check-config | decide | explain | dev-cert."""
+"""nexus-grpc serve | check-config | decide | explain | health | dev-cert."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nexus_grpc import __version__
+from nexus_grpc.text import plural
+
+# where decide, explain and health ask; the container image sets NEXUS_TARGET for its HEALTHCHECK
+DEFAULT_TARGET = os.environ.get("NEXUS_TARGET") or "127.0.0.1:50051"
+
+if TYPE_CHECKING:
+    from nexus_grpc.app import Runtime
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,12 +49,25 @@ def _serve(args: argparse.Namespace) -> int:
             listen=args.listen,
             reuse_port=args.reuse_port,
             admin_sync=Path(args.admin_sync) if args.admin_sync else None,
+            on_ready=_announce,
         )
         asyncio.run(serve(runtime, options))
     except OSError as exc:
         print(f"nexus-grpc: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _announce(runtime: Runtime) -> None:
+    """One line on standard output once the server takes decisions (logs go to standard error)."""
+    if runtime.demo:
+        hint = "the demo fleet — try: nexus-grpc explain gpt-4 --tokens 1200"
+    else:
+        config = runtime.config
+        hint = f"config {config.version}, {plural(len(config.backends), 'backend')}"
+    reached = runtime.listen == DEFAULT_TARGET or runtime.listen.endswith(":50051")
+    target = "" if reached else f" (pass --target {runtime.listen})"
+    print(f"nexus-grpc: serving on {runtime.listen}{target}, {hint}", flush=True)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -57,12 +79,14 @@ def _check(args: argparse.Namespace) -> int:
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors:
-        print(f"{args.file}: {len(errors)} error(s); the server would refuse to start", file=sys.stderr)
+        print(
+            f"{args.file}: {plural(len(errors), 'error')}; the server would refuse to start", file=sys.stderr
+        )
         return 1
     assert config is not None
     print(
-        f"{args.file}: OK (version {config.version}, {len(config.backends)} backends, "
-        f"{len(config.routing.policies)} policies, {len(warnings)} warning(s))"
+        f"{args.file}: OK (version {config.version}, {plural(len(config.backends), 'backend')}, "
+        f"{plural(len(config.routing.policies), 'policy')}, {plural(len(warnings), 'warning')})"
     )
     return 0
 
@@ -82,6 +106,12 @@ def _dev_cert(args: argparse.Namespace) -> int:
     print(f'  [server.tls]\n  cert = "{made.cert}"\n  key = "{made.key}"')
     print(f"and let the gateway trust {made.cert} (deploy/envoy/inference-pool.yaml: NEXUS_CA)")
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from nexus_grpc.client import health
+
+    return health(args)
 
 
 def _query(args: argparse.Namespace, explain: bool) -> int:
@@ -145,10 +175,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="replace existing files")
     d.set_defaults(func=_dev_cert)
 
+    h = sub.add_parser(
+        "health",
+        help="ask a server's gRPC health service; exit 0 when SERVING",
+        description="Exit status 0 when the server reports SERVING, else 1.",
+    )
+    h.add_argument("--target", default=DEFAULT_TARGET)
+    h.add_argument("--service", default="", help="a service name (default: the whole server)")
+    h.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="poll until SERVING, at most this long"
+    )
+    h.add_argument("--timeout", type=float, default=2.0, help="seconds per check")
+    h.add_argument("--quiet", "-q", action="store_true", help="print nothing, only the exit status")
+    h.set_defaults(func=_health)
+
     for name, explain in (("decide", False), ("explain", True)):
-        q = sub.add_parser(name, help=f"{'explain' if explain else 'ask for'} a decision and print it")
+        q = sub.add_parser(
+            name,
+            help=f"{'explain' if explain else 'ask for'} a decision and print it",
+            description=(
+                "Exit status: 0 Route, 3 Queue, 4 Reject, 1 when the call failed."
+                if not explain
+                else "Exit status 0 whatever the decision; 1 when the call failed."
+            ),
+        )
         q.add_argument("model")
-        q.add_argument("--target", default="127.0.0.1:50051")
+        q.add_argument("--target", default=DEFAULT_TARGET)
         q.add_argument("--tokens", type=_tokens, default=0, help="estimated input tokens")
         q.add_argument("--max-output", type=_tokens, default=0, help="max output tokens")
         q.add_argument("--tenant", default="")
@@ -174,7 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `nexus-grpc decide ... | head`: the reader left, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return result
 
 

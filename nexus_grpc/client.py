@@ -1,19 +1,31 @@
-"""The synchronous client behind `nexus-grpc decide|explain`: request building and tables."""
+"""The synchronous client behind `nexus-grpc decide|explain|health`: request building, tables,
+exit statuses.
+
+`decide` exits with the verdict, for scripts: 0 Route, 3 Queue, 4 Reject; 1 when the RPC failed
+(2 is argparse's usage error). `explain` exits 0 whatever it explains; `health` 0 when SERVING."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
+from nexus_grpc import text
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
-from nexus_grpc.domain.durations import readable_ms
+
+EXIT_ROUTE = 0
+EXIT_ERROR = 1
+EXIT_QUEUE = 3
+EXIT_REJECT = 4
+EXIT_STATUS = {"route": EXIT_ROUTE, "queue": EXIT_QUEUE, "reject": EXIT_REJECT}
 
 
 def build_request(args: argparse.Namespace) -> dpb.DecideRequest:
@@ -69,12 +81,12 @@ def render_decision(resp: dpb.DecideResponse) -> str:
             out.append(f"  alternates: {', '.join(r.alternates)}")
     elif kind == "queue":
         q = resp.queue
-        out.append(f"QUEUE  model {q.model}: {q.reason}; retry in {q.retry_after_ms} ms")
+        out.append(f"QUEUE  model {q.model}: {q.reason}; retry in {text.ms(q.retry_after_ms)}")
     else:
         j = resp.reject
         out.append(f"REJECT {_enum(tpb.RejectCode, j.code, 'REJECT_CODE_')}: {j.message}")
         if j.retry_after_ms:
-            out.append(f"  retry after {j.retry_after_ms} ms ({readable_ms(j.retry_after_ms)})")
+            out.append(f"  retry after {text.ms(j.retry_after_ms)}")
     est, b = resp.cost_estimate, resp.budget
     out.append(f"cost estimate: {est.input_tokens} in / {est.output_tokens} out tokens = ${est.cost_usd:.6f}")
     out.append(
@@ -101,7 +113,7 @@ def render_decision(resp: dpb.DecideResponse) -> str:
             )
         )
         if resp.exclusions_omitted:
-            out.append(f"... and {resp.exclusions_omitted} more")
+            out.append(f"... and {text.plural(resp.exclusions_omitted, 'exclusion')} more")
     return "\n".join(out)
 
 
@@ -145,6 +157,22 @@ def render_explain(resp: dpb.ExplainResponse) -> str:
     return "\n".join(out)
 
 
+def _fail(args: argparse.Namespace, exc: grpc.RpcError) -> int:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = getattr(code, "name", str(code))
+    print(f"nexus-grpc: {name}: {details}", file=sys.stderr)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        print(
+            f"nexus-grpc: is a server running on {args.target}? Start one with `nexus-grpc serve` "
+            "(or `./dev serve` in a checkout); `nexus-grpc health --wait 30` waits for it",
+            file=sys.stderr,
+        )
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"code": name, "message": details}}))
+    return EXIT_ERROR
+
+
 def query(args: argparse.Namespace, *, explain: bool) -> int:
     request = build_request(args)
     metadata: tuple[tuple[str, str | bytes], ...] | None = (
@@ -159,19 +187,50 @@ def query(args: argparse.Namespace, *, explain: bool) -> int:
                     timeout=args.timeout,
                     metadata=metadata,
                 )
-                text = render_explain(eresp)
+                rendered = render_explain(eresp)
                 message: Any = eresp
+                status = EXIT_ROUTE
             else:
                 dresp: dpb.DecideResponse = stub.Decide(request, timeout=args.timeout, metadata=metadata)
-                text = render_decision(dresp)
+                rendered = render_decision(dresp)
                 message = dresp
+                status = EXIT_STATUS.get(dresp.WhichOneof("decision") or "", EXIT_ERROR)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            print(f"nexus-grpc: {getattr(code, 'name', code)}: {details}", file=sys.stderr)
-            return 1
+            return _fail(args, exc)
     if args.json:
         print(json_format.MessageToJson(message, preserving_proto_field_name=True))
     else:
-        print(text)
-    return 0
+        print(rendered)
+    return status
+
+
+def health(args: argparse.Namespace) -> int:
+    """`nexus-grpc health`: the gRPC health status of a server; with `--wait`, poll until SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    started = time.monotonic()
+    deadline = started + args.wait
+    last = "no answer"
+    with grpc.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+                if answer.status == serving:
+                    if not args.quiet:
+                        took = time.monotonic() - started
+                        after = f" (after {text.duration(round(took * 1000))})" if took >= 1 else ""
+                        print(f"nexus-grpc: {args.target} is SERVING{after}")
+                    return 0
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                last = getattr(code, "name", "no answer")
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    if not args.quiet:
+        waited = f" after waiting {text.duration(round(args.wait * 1000))}" if args.wait else ""
+        print(f"nexus-grpc: {args.target} is not serving{waited}: {last}", file=sys.stderr)
+    return 1

@@ -18,6 +18,7 @@ from nexus_grpc.ledger.base import month_of
 from nexus_grpc.ledger.journal import Journal
 from nexus_grpc.ledger.local_state import LocalState
 from nexus_grpc.ledger.redis_store import Down, RedisStore, Refused, log
+from nexus_grpc.text import plural
 
 
 class KeyLocks:
@@ -74,7 +75,10 @@ class Recovery:
             await self._store.refresh()
         self._store.up = True
         backlog = len(self._state.journaled) + len(self._state.local) + len(self._state.pending_release)
-        log.info("redis ledger available" + (f" ({backlog} local change(s) left to push)" if backlog else ""))
+        log.info(
+            "redis ledger available"
+            + (f" ({plural(backlog, 'local change')} left to push)" if backlog else "")
+        )
 
     async def catch_up(self) -> None:
         """Push releases, journaled settles and reservations made while the store was down.

@@ -234,7 +234,7 @@ class HealthProber:
                 added = sorted(set(result.models) - set(before))
                 gone = sorted(set(before) - set(result.models))
                 log.info(
-                    "backend %s: the probe lists %d model(s); added %s, gone %s",
+                    "backend %s: the probe lists %d models; added %s, gone %s",
                     backend_id,
                     len(result.models),
                     _few(added),

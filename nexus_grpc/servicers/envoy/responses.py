@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from nexus_grpc import text
 from nexus_grpc.domain.decision import Decision, Exclusion, Queue, Reject, Route, summary_text
-from nexus_grpc.domain.durations import readable_ms
 from nexus_grpc.domain.endpoints import endpoint_of
 from nexus_grpc.domain.enums import BackendStatus, BudgetStatus, ExclusionCode, RejectCode
 from nexus_grpc.domain.money import NANO
@@ -179,7 +179,7 @@ def reject_reply(engine: DecisionEngine, decision: Decision, reject: Reject) -> 
         summary = summary_text(decision.exclusions, engine.pipeline.stage_names)
     if reject.retry_after_ms > 0:
         wait = reject.retry_after_ms
-        message = f"{message}; retry after {wait} ms ({readable_ms(wait)})"
+        message = f"{message}; retry after {text.ms(wait)}"
         context["retry_after_ms"] = wait
     body = {
         "error": {

@@ -1,4 +1,5 @@
-"""A real Node client (@grpc/grpc-js on the protos in protos/) against a real server."""
+"""A real Node client (@grpc/grpc-js on the protos in protos/) against a real server: Route,
+Queue, Reject and a field error."""
 
 from __future__ import annotations
 
@@ -51,6 +52,17 @@ def test_node_client_routes_and_reports_the_outcome(node: str) -> None:
 
 async def _in_flight(live: object) -> int:
     return len(live.in_flight)  # type: ignore[attr-defined]
+
+
+def test_node_client_sees_a_queue(node: str) -> None:
+    with TestServer() as server:
+        done = run(node, server, "--model", "reasoning")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["decision"]["decision"] == "queue"
+        assert result["decision"]["queue"]["model"] == "deepseek-r1:70b"
+        assert int(result["decision"]["queue"]["retry_after_ms"]) > 0
+        assert result["outcome"] is None
 
 
 def test_node_client_sees_rejections_and_field_errors(node: str) -> None:

@@ -71,7 +71,7 @@ def version_of(text: str) -> str:
 
 def failures_of(info: apb.GetServerInfoResponse) -> int:
     for reason in info.degraded_reasons:
-        found = re.match(r"(\d+) config reload\(s\) failed", reason)
+        found = re.match(r"(\d+) config reloads? failed", reason)
         if found:
             return int(found[1])
     return 0

@@ -49,14 +49,14 @@ def test_decide_prints_route_queue_reject(demo: TestServer, cli_env: dict[str, s
     assert "budget [global " in route.stdout and "SOFT_LIMIT" in route.stdout
 
     queue = run_cli(cli_env, "decide", "reasoning", "--target", demo.target)
-    assert queue.returncode == 0, queue.stderr
+    assert queue.returncode == 3, queue.stderr  # the documented exit status of a Queue
     assert "QUEUE  model deepseek-r1:70b" in queue.stdout
     # the exclusion table
     assert "SchedulerReconciler" in queue.stdout and "LOADING" in queue.stdout
     assert "suggested action" in queue.stdout
 
     reject = run_cli(cli_env, "decide", "claude-3-opus", "--target", demo.target)
-    assert reject.returncode == 0, reject.stderr
+    assert reject.returncode == 4, reject.stderr  # and of a Reject
     assert "REJECT MODEL_NOT_FOUND: Request rejected: " in reject.stdout
 
 
