@@ -145,6 +145,9 @@ class Tracing:
         )
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("nexus_grpc", __version__)
+        # no new traces (ratio 0): a request without a sampled parent gets no span at all, not
+        # even a non-recording one (the sampler would drop it anyway; this skips its cost)
+        self.roots = config.trace_sample_ratio > 0
 
     @staticmethod
     def enabled(config: TelemetryConfig) -> bool:
@@ -155,6 +158,9 @@ class Tracing:
         """The SERVER span of one RPC (`method` like "/nexus.v1.DecisionService/Decide"), a child
         of the caller's `traceparent` when the metadata carries one; current while it runs."""
         carrier = _trace_carrier(metadata or ())
+        if not carrier and not self.roots:
+            yield trace.INVALID_SPAN
+            return
         parent = _PROPAGATOR.extract(carrier) if carrier else None
         name = method.lstrip("/")
         service, _, _rpc_method = name.partition("/")
@@ -193,6 +199,9 @@ class Tracing:
                 parent = _PROPAGATOR.extract(carrier)
                 if current.is_recording():
                     links.append(Link(current.get_span_context()))
+            elif not self.roots and not current.is_recording():
+                yield trace.INVALID_SPAN
+                return
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.INTERNAL, links=links)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:

@@ -350,7 +350,7 @@ class Exchange:
             return await self._answer(phase, request)
         with self.tracing.linked("nexus.decide", self.trace_headers, self.metadata) as span:
             span.set_attribute("nexus.adapter", "envoy_ext_proc")
-            self.span = span
+            self.span = span if span.is_recording() else None
             return await self._answer(phase, request)
 
     async def _answer(self, phase: str, request: DecisionRequest) -> Any:
