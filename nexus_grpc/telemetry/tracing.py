@@ -178,23 +178,18 @@ class Tracing:
             span.end()
 
     @contextmanager
-    def linked(
-        self,
-        name: str,
-        headers: Mapping[str, str],
-        metadata: Iterable[tuple[str, str | bytes]] | None = None,
-    ) -> Iterator[Span]:
+    def linked(self, name: str, headers: Mapping[str, str]) -> Iterator[Span]:
         """The span of a decision made for an HTTP request seen through Envoy; current while it
-        runs. Its parent, first found wins: the current span when that one continues a caller's
-        trace (ext_authz's RPC span, when Envoy traces its calls); the `traceparent` of the
-        gRPC `metadata` (ext_proc's stream, when Envoy traces); the HTTP request's own
-        `traceparent` header (a client's or a front proxy's trace); else the current span, or a
-        new trace. An RPC span left outside the request's trace is linked from this one."""
+        runs. Its parent, first found wins: the current span (the ext_proc stream's or the
+        ext_authz Check's RPC span) when that one continues a caller's trace — Envoy's, when
+        Envoy traces its calls; the HTTP request's own `traceparent` header (a client's or a front
+        proxy's trace); else the current span, or a new trace. An RPC span left outside the
+        request's trace is linked from this one."""
         current = trace.get_current_span()
         parent = None  # the current context
         links: list[Link] = []
         if getattr(current, "parent", None) is None:
-            carrier = _trace_carrier(metadata or ()) or _trace_carrier(headers.items())
+            carrier = _trace_carrier(headers.items())
             if carrier:
                 parent = _PROPAGATOR.extract(carrier)
                 if current.is_recording():

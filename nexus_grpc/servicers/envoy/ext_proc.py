@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -86,7 +86,6 @@ BODY_CHUNK = 62_000
 STREAM_TAIL = 64 * 1024  # the end of a server-sent-event response kept to find its usage
 
 Send = Callable[[Any], Awaitable[None]]
-Metadata = Iterable[tuple[str, str | bytes]]
 
 
 def header_map(headers: Any) -> dict[str, str]:
@@ -169,13 +168,11 @@ class Exchange:
         stats: EnvoyStats,
         send: Send,
         tracing: Tracing | None = None,
-        metadata: Metadata = (),
     ) -> None:
         self.engine = engine
         self.stats = stats
         self.send = send
         self.tracing = tracing  # set: the decision and its outcome are spans
-        self.metadata = metadata  # the stream's gRPC metadata (Envoy's trace context, if any)
         self.trace_headers: dict[str, str] = {}  # the request's own traceparent / tracestate
         self.span: Span | None = None  # the decision's span, the parent of its outcome's
         self.configured = False  # the first message's protocol_config was read
@@ -348,7 +345,7 @@ class Exchange:
             return immediate(responses.bad_request_reply(exc))
         if self.tracing is None:
             return await self._answer(phase, request)
-        with self.tracing.linked("nexus.decide", self.trace_headers, self.metadata) as span:
+        with self.tracing.linked("nexus.decide", self.trace_headers) as span:
             span.set_attribute("nexus.adapter", "envoy_ext_proc")
             self.span = span if span.is_recording() else None
             return await self._answer(phase, request)
@@ -601,9 +598,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        tracing = self.tracing()
-        metadata = context.invocation_metadata() or () if tracing is not None else ()
-        exchange = Exchange(self.engine, self.stats, context.write, tracing, metadata)
+        exchange = Exchange(self.engine, self.stats, context.write, self.tracing())
         try:
             async for msg in request_iterator:
                 try:

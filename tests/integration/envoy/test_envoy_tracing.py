@@ -2,8 +2,8 @@
 
 nexus-grpc exports OTLP/HTTP (JSON) to a collector stand-in (tests/support/otlp.py). Without
 Envoy tracing the request's own `traceparent` header is the parent; with Envoy tracing on
-(OpenTelemetry tracer in the HTTP connection manager) Envoy's span for the ext_proc stream is,
-and the trace id stays the client's."""
+(OpenTelemetry tracer in the HTTP connection manager) Envoy's span for the ext_proc stream is the
+parent of the stream's RPC span, which is the decision's, and the trace id stays the client's."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.envoy
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
+PROCESS = "envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 # Envoy's OpenTelemetry tracer, exporting to nexus-grpc's own cluster: its spans are not what
 # these tests read (nexus-grpc answers the export UNIMPLEMENTED), only the context it propagates.
@@ -70,6 +71,7 @@ def test_an_ext_proc_decision_and_its_outcome_join_the_requests_trace(
     assert untraced.status == 200
     spans = collector.wait(lambda s: bool(named(s, "nexus.outcome")), "the outcome span")
     [decide] = named(spans, "nexus.decide")  # the untraced request was not sampled
+    assert not named(spans, PROCESS)  # no sampled parent in the metadata, ratio 0: no stream span
     assert hex_id(decide["traceId"]) == TRACE_ID
     assert hex_id(decide["parentSpanId"]) == CLIENT_SPAN
     attrs = decide["attrs"]
@@ -127,5 +129,11 @@ def test_with_envoy_tracing_the_decision_is_under_envoys_span_in_the_clients_tra
     spans = collector.wait(lambda s: bool(named(s, "nexus.decide")), "the decide span")
     [decide] = named(spans, "nexus.decide")
     assert hex_id(decide["traceId"]) == TRACE_ID
-    # Envoy's span (the ext_proc stream, under its request span) sits between the client and us
-    assert hex_id(decide["parentSpanId"]) != CLIENT_SPAN
+    # the stream's RPC span is the child of Envoy's span for it (propagated in the gRPC metadata),
+    # and the decision is the child of the stream's span: all in the client's trace
+    spans = collector.wait(lambda s: bool(named(s, PROCESS)), "the stream's span")
+    [process] = named(spans, PROCESS)
+    assert hex_id(process["traceId"]) == TRACE_ID
+    assert hex_id(process["parentSpanId"]) != CLIENT_SPAN  # Envoy's span sits in between
+    assert hex_id(decide["parentSpanId"]) == hex_id(process["spanId"])
+    assert process["kind"] in (2, "SPAN_KIND_SERVER")
