@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser(
         "health",
         help="ask a server's gRPC health service; exit 0 when SERVING",
-        description="Exit status 0 when the server reports SERVING, else 1.",
+        description="Exit status 0 when the server reports SERVING, else 1. Plaintext unless --ca or "
+        "--tls-name is given (a [server.tls] server, e.g. from a Kubernetes exec probe).",
     )
     h.add_argument("--target", default=DEFAULT_TARGET)
     h.add_argument("--service", default="", help="a service name (default: the whole server)")
@@ -187,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.add_argument("--timeout", type=float, default=2.0, help="seconds per check")
     h.add_argument("--quiet", "-q", action="store_true", help="print nothing, only the exit status")
+    h.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="connect with TLS, trusting the PEM certificates in FILE (a CA, or the server's own "
+        "certificate)",
+    )
+    h.add_argument(
+        "--tls-name",
+        metavar="NAME",
+        help="connect with TLS; the name the server's certificate must be valid for (default: the "
+        "target's host)",
+    )
     h.set_defaults(func=_health)
 
     for name, explain in (("decide", False), ("explain", True)):

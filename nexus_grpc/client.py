@@ -2,7 +2,8 @@
 exit statuses.
 
 `decide` exits with the verdict, for scripts: 0 Route, 3 Queue, 4 Reject; 1 when the RPC failed
-(2 is argparse's usage error). `explain` exits 0 whatever it explains; `health` 0 when SERVING."""
+(2 is argparse's usage error). `explain` exits 0 whatever it explains; `health` 0 when SERVING
+(over TLS with `--ca` / `--tls-name`: a Kubernetes exec probe of a `[server.tls]` server)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -204,6 +206,31 @@ def query(args: argparse.Namespace, *, explain: bool) -> int:
     return status
 
 
+class TlsOptionError(ValueError):
+    """`--ca` names a file that cannot be read or holds no PEM certificate."""
+
+
+def health_channel(args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext, or TLS when `--ca` or `--tls-name` is given: the server's certificate must chain to
+    a certificate of the `--ca` file (gRPC's own roots without it) and be valid for `--tls-name`
+    (default: the target's host). The `--ca` file may hold the server's own certificate: gRPC
+    accepts it as its trust anchor, CA-issued or self-signed."""
+    ca, name = args.ca, args.tls_name
+    if ca is None and not name:
+        return grpc.insecure_channel(args.target)
+    roots = None
+    if ca is not None:
+        try:
+            roots = Path(ca).read_bytes()
+        except OSError as exc:
+            raise TlsOptionError(f"--ca {ca}: cannot read it: {exc.strerror or exc}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in roots:
+            raise TlsOptionError(f"--ca {ca}: no PEM certificate in it")
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    creds = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.secure_channel(args.target, creds, options=options)
+
+
 def health(args: argparse.Namespace) -> int:
     """`nexus-grpc health`: the gRPC health status of a server; with `--wait`, poll until SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -212,7 +239,13 @@ def health(args: argparse.Namespace) -> int:
     started = time.monotonic()
     deadline = started + args.wait
     last = "no answer"
-    with grpc.insecure_channel(args.target) as channel:
+    try:
+        channel = health_channel(args)
+    except TlsOptionError as exc:
+        if not args.quiet:
+            print(f"nexus-grpc: {exc}", file=sys.stderr)
+        return 1
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -226,7 +259,9 @@ def health(args: argparse.Namespace) -> int:
                     return 0
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
-                last = getattr(code, "name", "no answer")
+                details = exc.details() if hasattr(exc, "details") else ""
+                # the details say why a TLS handshake failed (name, trust), for a probe's event
+                last = getattr(code, "name", "no answer") + (f" ({details})" if details else "")
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
