@@ -28,7 +28,7 @@ from nexus_grpc.domain.months import MonthClock
 from nexus_grpc.domain.request import DecisionRequest, Outcome
 from nexus_grpc.domain.scopes import GLOBAL, scopes_for
 from nexus_grpc.ledger.base import Ledger, LedgerError, Pending, Reservation, SettleResult
-from nexus_grpc.pipeline.budget import scope_view
+from nexus_grpc.pipeline.budget_views import scope_view
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.pipeline.snapshot import Snapshot
 from nexus_grpc.state.flights import Basis, DecisionIds, Flight, FlightBook

@@ -27,8 +27,9 @@ from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import Price
 from nexus_grpc.domain.months import next_month_start
 from nexus_grpc.domain.request import DecisionRequest
+from nexus_grpc.domain.scopes import scopes_for
 from nexus_grpc.pipeline import intent as intent_module
-from nexus_grpc.pipeline.budget import request_views, scopes_for
+from nexus_grpc.pipeline.budget_views import request_views
 from nexus_grpc.pipeline.intent import Intent, Reconciler
 from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
 

@@ -28,9 +28,9 @@ from nexus_grpc._gen.nexus.v1 import (
 )
 from nexus_grpc.app import Runtime, ServeOptions
 from nexus_grpc.config.loader import load_config_text
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.ledger.base import month_of
 from nexus_grpc.ledger.memory import MemoryLedger
-from nexus_grpc.pipeline.budget import GLOBAL
 from nexus_grpc.servicers.envoy import EnvoyStats, envoy_stats
 from nexus_grpc.testing.envoy import DEPLOY_DIR, EnvoyProcess, free_port
 from nexus_grpc.testing.upstream import UpstreamServer
