@@ -211,7 +211,7 @@ def test_explain_leaves_state_untouched(strategy: str) -> None:
             dict(eng.rr),
             eng.rng.getstate(),
             dict(eng.flights.open),
-            dict(eng.flights.late),
+            dict(eng.flights.slotless),
         )
 
     before = state()
