@@ -131,7 +131,7 @@ class DecisionEngine:
             flight.live = found[1] if found is not None else None
             self.flights.take(flight)
             if flight.live is not None:
-                trial_started(flight.live, snap.now)
+                trial_started(flight.live, snap.monotonic)
             self.watch.notify()
             cost = decision.cost_estimate.cost_nano
             # a free Route (a local backend) holds no money: no ledger write on its decision path
@@ -171,7 +171,7 @@ class DecisionEngine:
             basis,
             decision.scopes,
             request.stream,
-            snap.now + ttl,
+            snap.monotonic + ttl,
             None,
         )
 

@@ -532,7 +532,7 @@ def test_engine_builder_wires_fake_time_and_a_seeded_rng() -> None:
     eng = engine(config([backend("a")]), clock=clock, wall=wall, seed=11)
     assert (eng.clock(), eng.wall()) == (5.0, wall.now)
     clock.advance(1.5)
-    assert eng.snapshot().now == 6.5
+    assert eng.snapshot().monotonic == 6.5
     assert eng.snapshot().month == "2024-02"
     assert isinstance(eng.ledger, MemoryLedger)
     assert eng.pipeline.stage_names[0] == "RequestAnalyzer"
