@@ -12,6 +12,7 @@ from nexus_grpc.config.loader import load_config_text
 from nexus_grpc.config.schema import QueueConfig
 from nexus_grpc.domain.decision import Decision, Queue, Reject
 from nexus_grpc.domain.enums import BackendStatus, BudgetStatus, RejectCode
+from nexus_grpc.domain.money import NANO
 from nexus_grpc.domain.request import Outcome
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import Reservation, month_of
@@ -30,7 +31,7 @@ from nexus_grpc.testing.builders import (
 )
 from nexus_grpc.testing.clock import FakeClock, FakeWall
 
-USD = 1_000_000_000
+USD = NANO
 TURBO_1K = 25_000_000  # gpt-4-turbo, 1000 in + 500 out
 TTL = 10.0
 
