@@ -33,10 +33,10 @@ from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.enums import BackendStatus, PrivacyZone
 from nexus_grpc.domain.money import usd_to_nano
 from nexus_grpc.domain.request import DecisionRequest, Outcome
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import month_of
 from nexus_grpc.ledger.memory import MemoryLedger
-from nexus_grpc.pipeline.budget import GLOBAL
 from nexus_grpc.state.flights import Basis, Flight
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -246,7 +246,7 @@ async def served(engine: DecisionEngine, outcome: Outcome) -> None:
     decision_id = engine.ids()
     basis = Basis(outcome.backend_id, outcome.model, (), 0, 0, 0)
     flight = Flight(
-        decision_id, outcome.request_id, basis, ("global",), True, engine.clock() + 3600.0, found[1]
+        decision_id, outcome.request_id, basis, (GLOBAL,), True, engine.clock() + 3600.0, found[1]
     )
     engine.flights.take(flight)
     await engine.report_outcome(dataclasses.replace(outcome, decision_id=decision_id))

@@ -28,7 +28,7 @@ from nexus_grpc.domain.months import MonthClock
 from nexus_grpc.domain.request import DecisionRequest, Outcome
 from nexus_grpc.domain.scopes import GLOBAL, scopes_for
 from nexus_grpc.ledger.base import Ledger, LedgerError, Pending, Reservation, SettleResult
-from nexus_grpc.pipeline.budget import scope_view
+from nexus_grpc.pipeline.budget_views import scope_view
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.pipeline.snapshot import Snapshot
 from nexus_grpc.state.flights import Basis, DecisionIds, Flight, FlightBook
@@ -131,7 +131,7 @@ class DecisionEngine:
             flight.live = found[1] if found is not None else None
             self.flights.take(flight)
             if flight.live is not None:
-                trial_started(flight.live, snap.now)
+                trial_started(flight.live, snap.monotonic)
             self.watch.notify()
             cost = decision.cost_estimate.cost_nano
             # a free Route (a local backend) holds no money: no ledger write on its decision path
@@ -171,7 +171,7 @@ class DecisionEngine:
             basis,
             decision.scopes,
             request.stream,
-            snap.now + ttl,
+            snap.monotonic + ttl,
             None,
         )
 

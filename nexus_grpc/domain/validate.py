@@ -20,6 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 from nexus_grpc.domain.backend import BACKEND_TYPES, BackendConfig
 from nexus_grpc.domain.enums import PrivacyZone
 from nexus_grpc.domain.money import per_1k_to_nano_per_token
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.errors import FieldError
 
 __all__ = [
@@ -47,8 +48,8 @@ __all__ = [
 
 # The largest cost a single ReportOutcome may state, USD (a finite, sane bound).
 MAX_COST_USD = 1_000_000.0
-# Names a tenant may not take: they would collide with the global scope.
-RESERVED_TENANTS = frozenset({"global"})
+# Names a tenant may not take (compared lowercased): they would collide with the global scope.
+RESERVED_TENANTS = frozenset({GLOBAL})
 
 # Unicode categories refused everywhere: controls, format characters (bidi overrides, zero-width
 # joiners), line/paragraph separators, surrogates, private use and unassigned code points.

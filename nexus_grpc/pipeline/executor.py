@@ -27,8 +27,9 @@ from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import Price
 from nexus_grpc.domain.months import next_month_start
 from nexus_grpc.domain.request import DecisionRequest
+from nexus_grpc.domain.scopes import scopes_for
 from nexus_grpc.pipeline import intent as intent_module
-from nexus_grpc.pipeline.budget import request_views, scopes_for
+from nexus_grpc.pipeline.budget_views import request_views
 from nexus_grpc.pipeline.intent import Intent, Reconciler
 from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
 
@@ -202,12 +203,16 @@ class Pipeline:
             if (code is not loading and code is not saturated) or e.model != model:
                 continue
             if lives is None:
-                lives = {c.id: c.live for c in intent.initial}
+                lives = {c.id: c.live for c in intent.model_candidates}
             live = lives.get(e.backend_id)
             if live is None:
                 continue
             if code is loading:
-                raw = float(live.loading_eta_ms(snap.now)) if live.status == BackendStatus.LOADING else 0.0
+                raw = (
+                    float(live.loading_eta_ms(snap.monotonic))
+                    if live.status == BackendStatus.LOADING
+                    else 0.0
+                )
             else:
                 raw = live.latency_ema_ms
             # unknown (0) waits the longest; a known wait is clamped to [1, max_wait_ms]
@@ -255,7 +260,7 @@ class Pipeline:
                 reason = f"waiting_for:{waiting.wait_backend}:{waiting.intent.model}"
                 return Queue(waiting.intent.model, reason, wait, wait), waiting
         summary = summary_text(exclusions, self.stage_names)
-        if all(not r.intent.initial for r in runs):
+        if all(not r.intent.model_candidates for r in runs):
             models = ", ".join(snap.fleet.served_models) or "none"
             message = (
                 f"Request rejected: no backend serves model '{request.model}'"
@@ -278,10 +283,10 @@ class Pipeline:
             winner = basis.intent.winner
             cost = winner.price.cost(tokens_in, tokens_out) if winner is not None else 0
         elif isinstance(verdict, Queue):
-            waited = next((c for c in basis.intent.initial if c.id == basis.wait_backend), None)
+            waited = next((c for c in basis.intent.model_candidates if c.id == basis.wait_backend), None)
             cost = waited.price.cost(tokens_in, tokens_out) if waited is not None else 0
         else:
-            prices = distinct_prices(primary.initial)
+            prices = distinct_prices(primary.model_candidates)
             cost = max((p.cost(tokens_in, tokens_out) for p in prices), default=0)
         return CostEstimate(tokens_in, tokens_out, cost)
 

@@ -31,9 +31,9 @@ class Intent:
         "candidates",
         "chain",
         "exclusions",
-        "initial",
         "live_narrowed",
         "model",
+        "model_candidates",
         "notes",
         "policy",
         "primary_policy",
@@ -66,7 +66,7 @@ class Intent:
         # memoizes, and the next static rule's whole result is reused. True once a stage narrowed
         # them on live state or the request's numbers.
         self.live_narrowed = False
-        self.initial: tuple[Candidate, ...] = ()  # what the analyzer found
+        self.model_candidates: tuple[Candidate, ...] = ()  # what the analyzer found
         self.exclusions: list[Exclusion] = []
         self.notes: dict[str, str] = {}
         self.budget: BudgetView | None = None

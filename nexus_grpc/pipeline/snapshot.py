@@ -163,7 +163,7 @@ class Snapshot:
     loop runs a decision without awaiting, so nothing changes under it)."""
 
     fleet: Fleet
-    now: float  # monotonic seconds
+    monotonic: float  # monotonic seconds (TTLs, ETAs, windows)
     wall: float  # epoch seconds (months, resets)
     totals: Callable[[str, str], tuple[int, int] | None]  # (scope, month) -> (spent, reserved)
     month: str

@@ -8,7 +8,7 @@ from nexus_grpc.domain.decision import BudgetView, Exclusion
 from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode, PrivacyZone
 from nexus_grpc.domain.money import NANO
 from nexus_grpc.domain.months import reset_text
-from nexus_grpc.pipeline.budget import request_views
+from nexus_grpc.pipeline.budget_views import request_views
 from nexus_grpc.pipeline.intent import Intent
 from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
 

@@ -336,7 +336,7 @@ class RankedSet:
     def route(
         self, request: DecisionRequest, snap: Snapshot, check: BudgetCheck, decision_id: str, t0: int
     ) -> Decision | None:
-        self.refresh(snap.now)
+        self.refresh(snap.monotonic)
         tokens_in, tokens_out = request.estimated_input_tokens, request.output_tokens
         total = tokens_in + tokens_out
         halve = self.smart and check.applied.status in SOFT_OR_HARD
@@ -405,7 +405,7 @@ class RankedSet:
             return self._exclusions(request, snap, check, verdicts, total)
         loading = any(g.status_counts.get(ExclusionCode.LOADING) for g in self.groups)
         ctx = any(total > g.ctx_limit for g in self.groups)
-        key = (self.excl_version, total if ctx else -1, int(snap.now * 10) if loading else 0)
+        key = (self.excl_version, total if ctx else -1, int(snap.monotonic * 10) if loading else 0)
         cached = self._shown
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
@@ -429,7 +429,7 @@ class RankedSet:
         shown.extend(self.privacy_out[: MAX_EXCLUSIONS - len(shown)])
         if self.privacy_out:
             counts[(PRIVACY, ExclusionCode.PRIVACY_ZONE)] = len(self.privacy_out)
-        model, now = self.model, snap.now
+        model, now = self.model, snap.monotonic
 
         def add(stage: str, code: ExclusionCode, n: int, build: Iterator[Exclusion]) -> None:
             if not n:
@@ -522,7 +522,7 @@ class RouteIndex:
         ranked = self._sets.get(key)
         if ranked is None:
             ranked = self._sets[key] = RankedSet(
-                fleet, model, request.model, source, minimum, needs, snap.now, subset
+                fleet, model, request.model, source, minimum, needs, snap.monotonic, subset
             )
             if len(self._sets) > SETS_KEPT:
                 self._sets.popitem(last=False)[1].detach()

@@ -58,7 +58,7 @@ class QualityReconciler:
 
     def reconcile(self, intent: Intent, snap: Snapshot) -> None:
         q = snap.fleet.config.quality
-        now = snap.now
+        now = snap.monotonic
         minimum = max(q.min_requests, 1)
         kept: list[Candidate] = []
         for c in intent.candidates:

@@ -56,7 +56,7 @@ class RequestAnalyzer:
             policy = policy.tightened(intent.primary_policy)
         intent.policy = policy
         candidates = fleet.candidates.get(intent.model, ())
-        intent.initial = candidates
+        intent.model_candidates = candidates
         intent.candidates = candidates
         if len(chain) > 1:
             intent.notes["alias_chain"] = " -> ".join(chain)

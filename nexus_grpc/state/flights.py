@@ -21,7 +21,7 @@ from nexus_grpc.domain.live import LiveBackend
 # <16 hex: process prefix>-<hex counter>. Unique across replicas and restarts (a random 64-bit
 # prefix per process), cheap to make (no uuid per request).
 DECISION_ID = re.compile(r"[0-9a-f]{16}-[0-9a-f]{1,16}")
-LATE_KEPT = 100_000  # decisions without a slot (expired, ext_authz) remembered for a late report
+SLOTLESS_KEPT = 100_000  # decisions without a slot (expired, ext_authz) remembered for a late report
 SETTLED_KEPT = 100_000  # request ids whose latest decision was settled here
 
 
@@ -87,23 +87,23 @@ class Flight:
 
 
 class FlightBook:
-    """Open flights (holding an in-flight slot), late ones (no slot: expired, or ext_authz
-    decisions that never take one), and the request-id index over both."""
+    """Open flights (holding an in-flight slot), slotless ones (no slot: expired, or ext_authz
+    decisions that never take one) kept for their report, and the request-id index over both."""
 
-    def __init__(self, *, late_kept: int = LATE_KEPT, settled_kept: int = SETTLED_KEPT) -> None:
+    def __init__(self, *, slotless_kept: int = SLOTLESS_KEPT, settled_kept: int = SETTLED_KEPT) -> None:
         self.open: dict[str, Flight] = {}
-        self.late: OrderedDict[str, Flight] = OrderedDict()
+        self.slotless: OrderedDict[str, Flight] = OrderedDict()
         self._by_request: dict[str, deque[str]] = {}
         self._settled: OrderedDict[str, str] = OrderedDict()
         self._expiry: list[tuple[float, str]] = []
-        self._late_kept = late_kept
+        self._slotless_kept = slotless_kept
         self._settled_kept = settled_kept
 
     def __len__(self) -> int:
-        return len(self.open) + len(self.late)
+        return len(self.open) + len(self.slotless)
 
     def get(self, decision_id: str) -> Flight | None:
-        return self.open.get(decision_id) or self.late.get(decision_id)
+        return self.open.get(decision_id) or self.slotless.get(decision_id)
 
     def take(self, flight: Flight) -> None:
         """A Route takes its slot on `flight.live` until it is reported or expires."""
@@ -116,7 +116,7 @@ class FlightBook:
     def keep(self, flight: Flight) -> None:
         """A decision without a slot (ext_authz), remembered for its report."""
         flight.live = None
-        self._remember_late(flight)
+        self._remember_slotless(flight)
         self._index(flight)
 
     def _index(self, flight: Flight) -> None:
@@ -132,10 +132,10 @@ class FlightBook:
         if not ids:
             del self._by_request[flight.request_id]
 
-    def _remember_late(self, flight: Flight) -> None:
-        self.late[flight.decision_id] = flight
-        while len(self.late) > self._late_kept:
-            _, evicted = self.late.popitem(last=False)
+    def _remember_slotless(self, flight: Flight) -> None:
+        self.slotless[flight.decision_id] = flight
+        while len(self.slotless) > self._slotless_kept:
+            _, evicted = self.slotless.popitem(last=False)
             self._unindex(evicted)
 
     def claim_oldest(self, request_id: str) -> Flight | None:
@@ -168,12 +168,12 @@ class FlightBook:
         if flight.live is not None:
             flight.live.in_flight.pop(flight.decision_id, None)
             flight.live = None
-        self._remember_late(flight)
+        self._remember_slotless(flight)
         return True
 
     def settled(self, flight: Flight) -> None:
         self.free_slot(flight)
-        self.late.pop(flight.decision_id, None)
+        self.slotless.pop(flight.decision_id, None)
         self._unindex(flight)
         if flight.request_id:
             self._settled[flight.request_id] = flight.decision_id
@@ -184,7 +184,7 @@ class FlightBook:
     def drop(self, flight: Flight) -> None:
         """Forget a decision that never reached its caller (the reservation failed)."""
         self.free_slot(flight)
-        self.late.pop(flight.decision_id, None)
+        self.slotless.pop(flight.decision_id, None)
         self._unindex(flight)
 
     def last_settled(self, request_id: str) -> str | None:

@@ -1,7 +1,7 @@
 """What the metrics exporters publish, as plain values read at export time.
 
 The hot path only adds integers into in-process aggregates (`telemetry/metrics.py`); a scrape or
-an OTLP export asks the composition root (`app.py`) for one `Readings`, built by reading — never
+an OTLP export asks the composition root (`app/telemetry.py`) for one `Readings`, built by reading — never
 writing — the engine's state. Telemetry therefore depends on no engine code.
 """
 

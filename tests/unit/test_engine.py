@@ -12,6 +12,7 @@ from nexus_grpc.config.loader import load_config_text
 from nexus_grpc.config.schema import QueueConfig
 from nexus_grpc.domain.decision import Decision, Queue, Reject
 from nexus_grpc.domain.enums import BackendStatus, BudgetStatus, RejectCode
+from nexus_grpc.domain.money import NANO
 from nexus_grpc.domain.request import Outcome
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import Reservation, month_of
@@ -30,7 +31,7 @@ from nexus_grpc.testing.builders import (
 )
 from nexus_grpc.testing.clock import FakeClock, FakeWall
 
-USD = 1_000_000_000
+USD = NANO
 TURBO_1K = 25_000_000  # gpt-4-turbo, 1000 in + 500 out
 TTL = 10.0
 
@@ -211,7 +212,7 @@ def test_explain_leaves_state_untouched(strategy: str) -> None:
             dict(eng.rr),
             eng.rng.getstate(),
             dict(eng.flights.open),
-            dict(eng.flights.late),
+            dict(eng.flights.slotless),
         )
 
     before = state()
@@ -532,7 +533,7 @@ def test_engine_builder_wires_fake_time_and_a_seeded_rng() -> None:
     eng = engine(config([backend("a")]), clock=clock, wall=wall, seed=11)
     assert (eng.clock(), eng.wall()) == (5.0, wall.now)
     clock.advance(1.5)
-    assert eng.snapshot().now == 6.5
+    assert eng.snapshot().monotonic == 6.5
     assert eng.snapshot().month == "2024-02"
     assert isinstance(eng.ledger, MemoryLedger)
     assert eng.pipeline.stage_names[0] == "RequestAnalyzer"

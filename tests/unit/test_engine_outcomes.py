@@ -11,6 +11,7 @@ import pytest
 
 from nexus_grpc.config.schema import LimitsConfig, QualityConfig, QueueConfig
 from nexus_grpc.domain.decision import Decision
+from nexus_grpc.domain.money import NANO
 from nexus_grpc.domain.request import Outcome
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.errors import LedgerError
@@ -19,7 +20,7 @@ from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.testing.builders import backend, budget_config, config, decide, engine, report, request
 from nexus_grpc.testing.clock import FakeClock, FakeWall
 
-USD = 1_000_000_000
+USD = NANO
 TURBO_1K = 25_000_000  # gpt-4-turbo, 1000 in + 500 out
 
 

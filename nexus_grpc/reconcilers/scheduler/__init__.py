@@ -26,7 +26,7 @@ class SchedulerReconciler:
         needs = (request.needs_vision, request.needs_tools, request.needs_json_mode)
         intent.apply_static(snap, capability_rule, (model, *needs))
         total = request.estimated_input_tokens + request.output_tokens
-        now = snap.now
+        now = snap.monotonic
         survivors: list[Candidate] = []
         for c in intent.candidates:
             excluded = context_exclusion(c, model, total) or status_exclusion(c, model, now)

@@ -34,7 +34,7 @@ def pick_smart(intent: Intent, snap: Snapshot, survivors: Sequence[Candidate]) -
     soft = intent.budget_status in SOFT_OR_HARD
     ranked: list[tuple[int, int, Candidate]] = []
     for c in survivors:
-        s = smart_score(c, w, thr, soft, snap.now)
+        s = smart_score(c, w, thr, soft, snap.monotonic)
         ranked.append((-s.score, c.index, c))  # the unique index settles every comparison
         if intent.trace:
             adjustments = (("soft_limit_halved",) if s.halved else ()) + (

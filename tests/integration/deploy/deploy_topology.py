@@ -22,6 +22,7 @@ from deploy_manifests import REPO, Manifests, clusters, flag, listeners
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nexus_grpc import api
+from nexus_grpc.domain.money import usd_to_nano
 from nexus_grpc.testing.envoy import free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -73,7 +74,7 @@ class Replica:
 
     def spent_reserved(self) -> tuple[int, int]:
         budget = self.budget.GetBudget(api.GetBudgetRequest(), timeout=5).budget
-        return round(budget.spent_usd * 1e9), round(budget.reserved_usd * 1e9)
+        return usd_to_nano(budget.spent_usd), usd_to_nano(budget.reserved_usd)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -29,6 +29,7 @@ import pytest
 from deploy_manifests import Manifests, load
 from deploy_topology import Redis, Replica, envoy_template, substitute
 
+from nexus_grpc.domain.money import NANO, nano_to_usd
 from nexus_grpc.testing.envoy import EnvoyProcess, free_port
 from nexus_grpc.testing.upstream import Answer, UpstreamServer
 
@@ -55,7 +56,7 @@ class Result:
 
 
 def nano_per_token(per_1k: float) -> int:
-    return round(per_1k * 1e9 / 1000)
+    return round(per_1k * NANO / 1000)
 
 
 def replica_toml(m: Manifests, i: int, port: int, redis: Redis, tmp: Path, backends: dict[str, str]) -> Path:
@@ -239,8 +240,9 @@ def test_three_replicas_behind_envoy_survive_a_kill_and_a_redis_restart(
         )
         time.sleep(0.2)
     print(
-        f"spend in redis {spent / 1e9:.6f} USD = the answered requests' usage {expected / 1e9:.6f} USD"
-        f" + {(spent - expected) / 1e9:.6f} USD of {lost} answered for a failed client; replicas "
+        f"spend in redis {nano_to_usd(spent):.6f} USD = the answered requests' usage "
+        f"{nano_to_usd(expected):.6f} USD"
+        f" + {nano_to_usd(spent - expected):.6f} USD of {lost} answered for a failed client; replicas "
         f"agree: {seen}"
     )
     assert reserved <= len(failed) * max(cost.values())  # the killed replica's unsettled Routes only

@@ -25,11 +25,11 @@ from nexus_grpc._gen.nexus.v1 import (
     decision_pb2_grpc,
     registry_pb2_grpc,
 )
+from nexus_grpc.domain.money import NANO
 
 REPO = Path(__file__).resolve().parents[3]
 TOKEN_VARS = ("NEXUS_ADMIN_TOKEN", "NEXUS_CLIENT_TOKEN")
 SERVING = health_pb2.HealthCheckResponse.SERVING
-NANO = 1_000_000_000
 
 
 def free_port() -> int:

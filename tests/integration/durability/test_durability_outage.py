@@ -24,7 +24,7 @@ from durability_procs import Launch, Serve, percentile
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
-from nexus_grpc.domain.money import usd_to_nano
+from nexus_grpc.domain.money import nano_to_usd, usd_to_nano
 from nexus_grpc.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -198,7 +198,7 @@ def test_redis_outage_keeps_deciding_and_the_ledger_converges(
     print(
         f"\nRedis outage, Decide latency over gRPC ({CLIENTS} clients, {REPLICAS} replicas):\n"
         + "\n".join(lines)
-        + f"\n  {len(reported)} outcomes reported, ledger converged to {total / 1e9:.6f} USD"
+        + f"\n  {len(reported)} outcomes reported, ledger converged to {nano_to_usd(total):.6f} USD"
     )
     before = p("before", 99)
     for name in ("redis stopped", "redis frozen"):

@@ -21,7 +21,7 @@ from durability_procs import Launch, Serve
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
-from nexus_grpc.domain.money import usd_to_nano
+from nexus_grpc.domain.money import nano_to_usd, usd_to_nano
 from nexus_grpc.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -199,8 +199,8 @@ def test_replicas_share_one_hard_limit(launch: Launch, redis: RedisServer, tmp_p
     per_replica = [sum(1 for r in records if r.replica == i) for i in range(REPLICAS)]
     print(
         f"\nreplicas: {len(records)} decisions ({per_replica} per replica), {len(cloud)} to cloud; "
-        f"spent {reported / 1e9:.6f} USD of {LIMIT_USD} (overshoot {overshoot / 1e9:.6f} USD, "
-        f"bound {min(in_flight_bound, estimation_error) / 1e9:.6f}); cloud routes after the limit "
+        f"spent {nano_to_usd(reported):.6f} USD of {LIMIT_USD} (overshoot {nano_to_usd(overshoot):.6f} USD, "
+        f"bound {nano_to_usd(min(in_flight_bound, estimation_error)):.6f}); cloud routes after the limit "
         f"was visible: {len(late)}"
     )
     assert overshoot >= 0

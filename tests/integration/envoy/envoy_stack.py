@@ -28,9 +28,10 @@ from nexus_grpc._gen.nexus.v1 import (
 )
 from nexus_grpc.app import Runtime, ServeOptions
 from nexus_grpc.config.loader import load_config_text
+from nexus_grpc.domain.money import usd_to_nano
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.ledger.base import month_of
 from nexus_grpc.ledger.memory import MemoryLedger
-from nexus_grpc.pipeline.budget import GLOBAL
 from nexus_grpc.servicers.envoy import EnvoyStats, envoy_stats
 from nexus_grpc.testing.envoy import DEPLOY_DIR, EnvoyProcess, free_port
 from nexus_grpc.testing.upstream import UpstreamServer
@@ -256,7 +257,7 @@ class NexusThread:
         async def seed() -> None:
             ledger = self.runtime.engine.ledger
             assert isinstance(ledger, MemoryLedger)
-            ledger.seed_spend(GLOBAL, month_of(time.time()), round(usd * 1e9))
+            ledger.seed_spend(GLOBAL, month_of(time.time()), usd_to_nano(usd))
 
         self.call(seed())
 

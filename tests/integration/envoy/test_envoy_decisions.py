@@ -10,6 +10,7 @@ import pytest
 from envoy_stack import NexusThread, StackFactory
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2
+from nexus_grpc.domain.money import usd_to_nano
 from nexus_grpc.ledger.base import Pending, SettleResult
 
 pytestmark = pytest.mark.envoy
@@ -41,7 +42,7 @@ def test_requests_sharing_an_x_request_id_are_each_their_own_decision(
     assert nx.spent() - before == pytest.approx(5 * GPT35_1000, abs=1e-9)
     found = [_find(nx, d) for d in decision_ids]
     if name == "ext_proc":  # settled by the response each stream saw
-        assert found == [SettleResult(False, round(GPT35_1000 * 1e9), True)] * 5  # as a repeat sees it
+        assert found == [SettleResult(False, usd_to_nano(GPT35_1000), True)] * 5  # as a repeat sees it
     else:  # charged provisionally at once, each waiting for its own report
         assert all(isinstance(f, Pending) and f.provisional and f.request_id == "same-id" for f in found), (
             found

@@ -10,7 +10,7 @@ import pytest
 
 from nexus_grpc.config.loader import ConfigError, check_config, load_config, load_config_text
 from nexus_grpc.domain.enums import PrivacyZone
-from nexus_grpc.domain.money import BUILTIN_PRICES, Price
+from nexus_grpc.domain.money import BUILTIN_PRICES, NANO, Price
 
 FILE = "cfg.toml"
 GPU = '[[backends]]\nid = "gpu"\nurl = "http://127.0.0.1:11434"\ntype = "ollama"\n'
@@ -233,7 +233,7 @@ output_per_1k = 2
     assert budget.soft_limit_percent == 80.0
     assert budget.reconciliation_interval_secs == 0.5
     assert budget.tenants == {"team-a": 20_000_000_000, "team-b": 2_500_000_000}
-    assert c.routing.policies[0].max_cost_nano == 1_000_000_000
+    assert c.routing.policies[0].max_cost_nano == NANO
     assert (c.quality.error_rate_threshold, c.quality.window_seconds, c.quality.cooldown_seconds) == (
         1.0,
         0.5,

@@ -24,8 +24,8 @@ from google.protobuf import struct_pb2
 
 from nexus_grpc.app import Runtime, ServeOptions
 from nexus_grpc.config.loader import load_config_text
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.ledger.base import month_of
-from nexus_grpc.pipeline.budget import GLOBAL
 from nexus_grpc.servicers.envoy import envoy_stats
 from nexus_grpc.servicers.envoy.ext_proc import BODY_CHUNK, chunks, streamed_bodies
 

@@ -13,11 +13,11 @@ from nexus_grpc.config.loader import load_config_text
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode
 from nexus_grpc.domain.request import DecisionRequest
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.errors import LedgerError, Overloaded
 from nexus_grpc.ledger.base import month_of
 from nexus_grpc.ledger.memory import MemoryLedger
-from nexus_grpc.pipeline.budget import GLOBAL
 from nexus_grpc.pipeline.executor import Pipeline
 from nexus_grpc.reconcilers import default_stages
 from nexus_grpc.servicers.envoy.mapping import HeaderError

@@ -7,7 +7,9 @@ import pytest
 from nexus_grpc.config.schema import QualityConfig, QueueConfig
 from nexus_grpc.domain.decision import Decision, Exclusion, Queue, Reject, Route
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, PrivacyZone, RejectCode
+from nexus_grpc.domain.money import NANO
 from nexus_grpc.domain.request import Outcome
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import month_of
 from nexus_grpc.pipeline.executor import MAX_EXCLUSIONS, Pipeline, cap_exclusions
@@ -127,7 +129,7 @@ def test_never_queue_for_a_backend_a_policy_excludes(setup: str, code: Exclusion
     )
     eng = engine(cfg)
     if setup == "budget":
-        memory_ledger(eng).seed_spend("global", month_of(eng.wall()), 1_000_000_000)
+        memory_ledger(eng).seed_spend(GLOBAL, month_of(eng.wall()), NANO)
     if setup == "quality":
         served_outcome(eng, "cloud", success=False)
     eng.registry.set_state("cloud", BackendStatus.LOADING, eta_ms=1000)
@@ -345,7 +347,7 @@ def test_budget_exhausted_wins_over_fallback_exhausted() -> None:
         budget=budget_config(1.0, action="block_cloud"),
     )
     eng = engine(cfg)
-    memory_ledger(eng).seed_spend("global", month_of(eng.wall()), 1_000_000_000)
+    memory_ledger(eng).seed_spend(GLOBAL, month_of(eng.wall()), NANO)
     eng.registry.set_state("gpu", BackendStatus.UNHEALTHY)
     verdict = reject_of(eng.explain(request("gpt-4-turbo", estimated_input_tokens=1000)))
     assert verdict.code == RejectCode.BUDGET_EXHAUSTED

@@ -7,11 +7,13 @@ import dataclasses
 import pytest
 
 from nexus_grpc.domain.enums import BudgetStatus, PrivacyZone
-from nexus_grpc.pipeline.budget import GLOBAL, request_views, scope_view, scopes_for
+from nexus_grpc.domain.money import NANO
+from nexus_grpc.domain.scopes import GLOBAL, scopes_for
+from nexus_grpc.pipeline.budget_views import request_views, scope_view
 from nexus_grpc.pipeline.snapshot import EffectivePolicy, Snapshot, combine_policies
 from nexus_grpc.testing.builders import PolicySpec, backend, budget_config, config, engine
 
-USD = 1_000_000_000
+USD = NANO
 
 
 @pytest.mark.parametrize(

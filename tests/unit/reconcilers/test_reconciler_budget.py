@@ -10,6 +10,7 @@ from nexus_grpc.config.schema import BudgetConfig
 from nexus_grpc.domain.backend import BackendConfig
 from nexus_grpc.domain.decision import Decision, Reject, Route
 from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode, RejectCode
+from nexus_grpc.domain.money import NANO
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of
 from nexus_grpc.pipeline.intent import Intent, Reconciler
@@ -34,7 +35,7 @@ from nexus_grpc.testing.builders import (
 from nexus_grpc.testing.clock import FakeWall
 
 BUDGET = "BudgetReconciler"
-USD = 1_000_000_000
+USD = NANO
 TURBO_1K = 25_000_000  # gpt-4-turbo, 1000 input tokens, 500 output: 0.01 + 0.015 USD
 
 
@@ -65,7 +66,7 @@ def budget_codes(decision: Decision) -> dict[str, ExclusionCode]:
         (749_999_999, BudgetStatus.NORMAL, "normal"),
         (750_000_000, BudgetStatus.SOFT_LIMIT, "soft_limit"),  # exactly at soft% is SOFT
         (999_999_999, BudgetStatus.SOFT_LIMIT, "soft_limit"),
-        (1_000_000_000, BudgetStatus.HARD_LIMIT, "hard_limit"),  # exactly at the limit is HARD
+        (USD, BudgetStatus.HARD_LIMIT, "hard_limit"),  # exactly at the limit is HARD
         (5_000_000_000, BudgetStatus.HARD_LIMIT, "hard_limit"),
     ],
 )

@@ -49,7 +49,7 @@ def test_candidates_are_every_backend_serving_the_resolved_model_in_config_order
     assert intent.chain == ("nick", "real")
     assert intent.model == "real"
     assert [c.id for c in intent.candidates] == ["c", "a", "b"]
-    assert [c.id for c in intent.initial] == ["c", "a", "b"]
+    assert [c.id for c in intent.model_candidates] == ["c", "a", "b"]
 
 
 def test_unknown_model_is_model_not_found_naming_the_available_models() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from nexus_grpc.domain.decision import BudgetView, budget_status
 from nexus_grpc.domain.enums import BudgetStatus
-from nexus_grpc.domain.scopes import GLOBAL, scopes_for
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.pipeline.snapshot import Snapshot
 
-__all__ = ["GLOBAL", "request_views", "scope_view", "scopes_for"]
+__all__ = ["request_views", "scope_view"]
 
 
 _RANK = {
