@@ -10,7 +10,7 @@ from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, PrivacyZone, R
 from nexus_grpc.domain.request import Outcome
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import month_of
-from nexus_grpc.pipeline.executor import MAX_EXCLUSIONS, Pipeline, cap_exclusions
+from nexus_grpc.pipeline.executor import MAX_EXCLUSIONS, Pipeline, cap_exclusions, shown_exclusions
 from nexus_grpc.reconcilers import default_stages
 from nexus_grpc.testing.builders import (
     backend,
@@ -400,27 +400,48 @@ def _exclusions(n: int) -> tuple[Exclusion, ...]:
     )
 
 
+M = MAX_EXCLUSIONS
+
+
 @pytest.mark.parametrize(
     ("n", "explain", "kept", "omitted"),
-    [(0, False, 0, 0), (50, False, 50, 0), (51, False, 50, 1), (120, False, 50, 70), (120, True, 120, 0)],
+    [
+        (0, False, 0, 0),
+        (M, False, M, 0),
+        (M + 1, False, M, 1),
+        (M + 70, False, M, 70),
+        (M + 70, True, M + 70, 0),
+    ],
 )
-def test_cap_exclusions(n: int, explain: bool, kept: int, omitted: int) -> None:
+def test_cap_exclusions_keeps_the_first_max_exclusions_unless_explaining(
+    n: int, explain: bool, kept: int, omitted: int
+) -> None:
     exclusions = _exclusions(n)
     capped, left_off = cap_exclusions(exclusions, explain)
     assert (len(capped), left_off) == (kept, omitted)
     assert capped == exclusions[:kept]
-    assert MAX_EXCLUSIONS == 50
 
 
-def test_a_decision_keeps_every_exclusion_for_the_adapters_to_cap() -> None:
-    eng = engine(config([backend(f"b{i:02d}") for i in range(60)]))
-    for i in range(60):
-        eng.registry.set_state(f"b{i:02d}", BackendStatus.UNHEALTHY)
-    decision = eng.explain(request("m"))
-    assert reject_of(decision).message == "Request rejected: 60 backends excluded by SchedulerReconciler"
-    capped, omitted = cap_exclusions(decision.exclusions, explain=False)
-    assert (len(capped), omitted) == (50, 10)
-    assert capped[0].backend_id == "b00" and capped[-1].backend_id == "b49"
+@pytest.mark.parametrize("indexed", [True, False])
+def test_a_decision_over_the_cap_carries_max_exclusions_and_counts_the_rest(indexed: bool) -> None:
+    n = MAX_EXCLUSIONS + 10
+    eng = engine(config([backend(f"b{i:03d}") for i in range(n)]), indexed=indexed)
+    for i in range(n):
+        eng.registry.set_state(f"b{i:03d}", BackendStatus.UNHEALTHY)
+    decision = decide(eng, request("m"))
+    assert reject_of(decision).message == f"Request rejected: {n} backends excluded by SchedulerReconciler"
+    shown, omitted = shown_exclusions(decision, explain=False)
+    assert [e.backend_id for e in shown] == [f"b{i:03d}" for i in range(MAX_EXCLUSIONS)]
+    assert omitted == n - MAX_EXCLUSIONS  # what a response says it left off
+
+
+def test_an_explained_decision_carries_every_exclusion() -> None:
+    n = MAX_EXCLUSIONS + 10
+    eng = engine(config([backend(f"b{i:03d}") for i in range(n)]))
+    for i in range(n):
+        eng.registry.set_state(f"b{i:03d}", BackendStatus.UNHEALTHY)
+    shown, omitted = shown_exclusions(eng.explain(request("m")), explain=True)
+    assert ([e.backend_id for e in shown], omitted) == ([f"b{i:03d}" for i in range(n)], 0)
 
 
 def test_pipeline_stage_names_and_counters() -> None:
