@@ -137,7 +137,7 @@ class YieldingLedger(MemoryLedger):
     """A memory ledger whose writes yield to the event loop first, like a networked store."""
 
     async def reserve(self, reservation: Reservation, limits: Mapping[str, int] | None = None) -> bool:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a yield, not a wait: other decides run here
         return await super().reserve(reservation, limits)
 
 

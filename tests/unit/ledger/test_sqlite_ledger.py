@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from waiting import async_wait_until
 
 from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of
 from nexus_grpc.ledger.factory import make_ledger
@@ -145,7 +146,7 @@ def test_the_event_loop_keeps_running_during_writes(tmp_path: Path) -> None:
             nonlocal ticks
             while not done.is_set():
                 ticks += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a yield, not a wait: count the loop's turns
 
         task = asyncio.create_task(ticker())
         results = await asyncio.gather(
@@ -168,15 +169,13 @@ def test_a_cancelled_caller_does_not_undo_a_settle(tmp_path: Path) -> None:
         await ledger.start()
         assert await ledger.reserve(res("r", 5))
         task = asyncio.create_task(ledger.settle("r", [G, T], 9, MONTH, estimated=False))
-        await asyncio.sleep(0)  # the commit is under way on the sqlite thread
+        await asyncio.sleep(0)  # one turn of the loop: the settle runs to its commit on the sqlite thread
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        for _ in range(500):  # the write finishes and still updates the cache
-            if ledger.totals(G, MONTH) == Totals(9, 0):
-                break
-            await asyncio.sleep(0.01)
-        assert ledger.totals(G, MONTH) == Totals(9, 0)
+        await async_wait_until(
+            lambda: ledger.totals(G, MONTH) == Totals(9, 0), "the write finishes and still updates the cache"
+        )
         assert ledger.reservation("r") is None
         assert await ledger.settle("r", [G], 1, MONTH, estimated=True) == SettleResult(False, 9, False)
         await ledger.close()
