@@ -25,6 +25,7 @@ from nexus_grpc.testing.builders import (
     engine,
     memory_ledger,
     model,
+    policy,
     report,
     request,
 )
@@ -511,7 +512,11 @@ def test_builders_make_what_the_loader_makes() -> None:
         strategy="priority_only",
         aliases={"gpt-4": "llama3:70b"},
         fallbacks={"llama3:70b": ["qwen2:72b"]},
-        policies=[("{gpt-4,llama3}*", "restricted", 3, 0.5, False)],
+        policies=[
+            policy(
+                "{gpt-4,llama3}*", privacy="restricted", min_tier=3, max_cost_usd=0.5, fallback_allowed=False
+            )
+        ],
         budget=budget_config(250.0, soft_limit_percent=80.0, action="block_cloud", tenants={"team-a": 20.5}),
         pricing={"qwen2:72b": (0.004, 0.008)},
     )

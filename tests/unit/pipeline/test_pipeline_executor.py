@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_grpc.config.schema import QualityConfig, QueueConfig
+from nexus_grpc.config.schema import Policy, QualityConfig, QueueConfig
 from nexus_grpc.domain.decision import Decision, Exclusion, Queue, Reject, Route
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, PrivacyZone, RejectCode
 from nexus_grpc.domain.request import Outcome
@@ -19,6 +19,7 @@ from nexus_grpc.testing.builders import (
     decide,
     engine,
     memory_ledger,
+    policy,
     report,
     request,
     served_outcome,
@@ -112,13 +113,13 @@ def test_queue_for_a_saturated_backend(latency_ms: float, wait_ms: int) -> None:
     ],
 )
 def test_never_queue_for_a_backend_a_policy_excludes(setup: str, code: ExclusionCode) -> None:
-    policies: list[tuple[str, str, int, float | None, bool]] = []
+    policies: list[Policy] = []
     if setup == "privacy":
-        policies.append(("gpt-4*", "restricted", 0, None, True))
+        policies.append(policy("gpt-4*", privacy="restricted"))
     if setup == "tier":
-        policies.append(("gpt-4*", "unrestricted", 3, None, True))
+        policies.append(policy("gpt-4*", privacy="unrestricted", min_tier=3))
     if setup == "cap":
-        policies.append(("gpt-4*", "unrestricted", 0, 0.001, True))
+        policies.append(policy("gpt-4*", privacy="unrestricted", max_cost_usd=0.001))
     cfg = config(
         [backend("cloud", type="openai", tier=1, models=("gpt-4-turbo",))],
         policies=policies,
@@ -266,21 +267,19 @@ def test_unserved_primary_with_an_excluded_fallback_is_fallback_exhausted() -> N
 
 
 @pytest.mark.parametrize(
-    ("policy", "code"),
+    ("primary_policy", "code"),
     [
-        (("secret*", "restricted", 0, None, True), ExclusionCode.PRIVACY_ZONE),
-        (("secret*", "unrestricted", 3, None, True), ExclusionCode.TIER_BELOW_MINIMUM),
+        (policy("secret*", privacy="restricted"), ExclusionCode.PRIVACY_ZONE),
+        (policy("secret*", privacy="unrestricted", min_tier=3), ExclusionCode.TIER_BELOW_MINIMUM),
     ],
 )
-def test_fallback_never_escapes_the_primarys_constraints(
-    policy: tuple[str, str, int, float | None, bool], code: ExclusionCode
-) -> None:
+def test_fallback_never_escapes_the_primarys_constraints(primary_policy: Policy, code: ExclusionCode) -> None:
     cfg = config(
         [
             backend("local", type="ollama", tier=3, models=("secret-model",)),
             backend("cloud", type="openai", tier=1, models=("gpt-4-turbo",)),
         ],
-        policies=[policy],
+        policies=[primary_policy],
         fallbacks={"secret-model": ["gpt-4-turbo"]},
     )
     eng = engine(cfg)
@@ -306,7 +305,7 @@ def test_request_privacy_also_binds_the_fallback() -> None:
 def test_fallback_policy_applies_on_top_of_the_primarys() -> None:
     cfg = config(
         [backend("p", models=("primary",)), backend("cloud", type="openai", models=("backup",))],
-        policies=[("backup", "restricted", 0, None, True)],
+        policies=[policy("backup", privacy="restricted")],
         fallbacks={"primary": ["backup"]},
     )
     eng = engine(cfg)
@@ -317,13 +316,16 @@ def test_fallback_policy_applies_on_top_of_the_primarys() -> None:
 @pytest.mark.parametrize(
     "policies",
     [
-        [("primary", "unrestricted", 0, None, False)],
+        [policy("primary", privacy="unrestricted", fallback_allowed=False)],
         # every matching policy must allow fallbacks
-        [("prim*", "unrestricted", 0, None, True), ("*ary", "unrestricted", 0, None, False)],
+        [
+            policy("prim*", privacy="unrestricted"),
+            policy("*ary", privacy="unrestricted", fallback_allowed=False),
+        ],
     ],
 )
 def test_fallback_allowed_false_stops_fallbacks(
-    policies: list[tuple[str, str, int, float | None, bool]],
+    policies: list[Policy],
 ) -> None:
     cfg = config(
         [backend("p", models=("primary",)), backend("f", models=("backup",))],
@@ -363,7 +365,7 @@ def test_summary_counts_distinct_backends_and_lists_stages_in_pipeline_order() -
             backend("cloud", type="openai", models=("m",)),
             backend("low", tier=1, models=("m",)),
         ],
-        policies=[("m", "restricted", 0, None, True)],
+        policies=[policy("m", privacy="restricted")],
         fallbacks={"m": ["backup"]},
     )
     eng = engine(cfg)
@@ -381,7 +383,7 @@ def test_summary_counts_distinct_backends_and_lists_stages_in_pipeline_order() -
 def test_route_lists_the_exclusions_made_on_the_way() -> None:
     cfg = config(
         [backend("cloud", type="openai"), backend("gpu", priority=90), backend("down", priority=1)],
-        policies=[("m", "restricted", 0, None, True)],
+        policies=[policy("m", privacy="restricted")],
     )
     eng = engine(cfg)
     eng.registry.set_state("down", BackendStatus.UNHEALTHY)

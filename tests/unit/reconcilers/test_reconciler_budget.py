@@ -25,6 +25,7 @@ from nexus_grpc.testing.builders import (
     decide,
     engine,
     memory_ledger,
+    policy,
     request,
 )
 from nexus_grpc.testing.clock import FakeWall
@@ -221,7 +222,7 @@ def test_reserved_spend_counts_towards_the_limit() -> None:
 def test_cost_cap_is_compared_exactly(cap_usd: float, excluded: bool) -> None:
     cfg = config(
         [backend("cloud", type="openai", models=("gpt-4-turbo",))],
-        policies=[("gpt-4*", "unrestricted", 0, cap_usd, True)],
+        policies=[policy("gpt-4*", privacy="unrestricted", max_cost_usd=cap_usd)],
     )
     decision = engine(cfg).explain(request("gpt-4-turbo", estimated_input_tokens=1000))
     if excluded:
@@ -238,7 +239,10 @@ def test_cost_cap_is_compared_exactly(cap_usd: float, excluded: bool) -> None:
 def test_lowest_matching_cost_cap_applies() -> None:
     cfg = config(
         [backend("cloud", type="openai", models=("gpt-4-turbo",))],
-        policies=[("gpt-*", "unrestricted", 0, 1.0, True), ("gpt-4*", "unrestricted", 0, 0.02, True)],
+        policies=[
+            policy("gpt-*", privacy="unrestricted", max_cost_usd=1.0),
+            policy("gpt-4*", privacy="unrestricted", max_cost_usd=0.02),
+        ],
     )
     decision = engine(cfg).explain(request("gpt-4-turbo", estimated_input_tokens=1000))
     assert budget_codes(decision) == {"cloud": ExclusionCode.COST_CAP}
@@ -417,7 +421,7 @@ def test_budget_fails_open_when_the_ledger_was_never_readable() -> None:
             backend("pricey", type="openai", models=("gpt-4-turbo",), pricing=(1.0, 1.0)),
         ],
         budget=budget_config(0.000001, action="block_all", tenants={"acme": 0.000001}),
-        policies=[("gpt-4*", "unrestricted", 0, 0.03, True)],
+        policies=[policy("gpt-4*", privacy="unrestricted", max_cost_usd=0.03)],
     )
     eng = engine(cfg, ledger=UnreadableLedger())
     explained = eng.explain(request("gpt-4-turbo", estimated_input_tokens=1000, tenant="acme"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from nexus_grpc.config.schema import Policy
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec
 from nexus_grpc.domain.decision import Decision, Reject
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, PrivacyZone, RejectCode
@@ -16,7 +17,7 @@ from nexus_grpc.reconcilers import (
     PrivacyReconciler,
     RequestAnalyzer,
 )
-from nexus_grpc.testing.builders import PolicySpec, backend, config, engine, request
+from nexus_grpc.testing.builders import backend, config, engine, policy, request
 
 PRIVACY = "PrivacyReconciler"
 
@@ -45,10 +46,10 @@ def privacy_excluded(decision: Decision) -> dict[str, str]:
     ("policies", "model", "request_privacy", "expected_survivors"),
     [
         # restricted policy excludes open, keeps restricted
-        ([("gpt-4*", "restricted", 0, None, True)], "gpt-4", PrivacyZone.UNSPECIFIED, {"local-1", "local-2"}),
+        ([policy("gpt-4*", privacy="restricted")], "gpt-4", PrivacyZone.UNSPECIFIED, {"local-1", "local-2"}),
         # a policy that does not match the model leaves every backend
         (
-            [("gpt-4*", "restricted", 0, None, True)],
+            [policy("gpt-4*", privacy="restricted")],
             "m",
             PrivacyZone.UNSPECIFIED,
             {"local-1", "cloud-1", "local-2", "cloud-2"},
@@ -57,7 +58,7 @@ def privacy_excluded(decision: Decision) -> dict[str, str]:
         ([], "gpt-4", PrivacyZone.UNSPECIFIED, {"local-1", "cloud-1", "local-2", "cloud-2"}),
         # an explicitly unrestricted policy allows all
         (
-            [("gpt-4*", "unrestricted", 0, None, True)],
+            [policy("gpt-4*", privacy="unrestricted")],
             "gpt-4",
             PrivacyZone.UNSPECIFIED,
             {"local-1", "cloud-1", "local-2", "cloud-2"},
@@ -65,16 +66,16 @@ def privacy_excluded(decision: Decision) -> dict[str, str]:
         # the request can tighten: RESTRICTED on an unrestricted model excludes open backends
         ([], "m", PrivacyZone.RESTRICTED, {"local-1", "local-2"}),
         (
-            [("m", "unrestricted", 0, None, True)],
+            [policy("m", privacy="unrestricted")],
             "m",
             PrivacyZone.RESTRICTED,
             {"local-1", "local-2"},
         ),
         # ... but never relax: OPEN does not undo a restricted policy
-        ([("gpt-4*", "restricted", 0, None, True)], "gpt-4", PrivacyZone.OPEN, {"local-1", "local-2"}),
+        ([policy("gpt-4*", privacy="restricted")], "gpt-4", PrivacyZone.OPEN, {"local-1", "local-2"}),
         # unrestricted + restricted matching the same model: restricted wins
         (
-            [("gpt-*", "unrestricted", 0, None, True), ("gpt-4", "restricted", 0, None, True)],
+            [policy("gpt-*", privacy="unrestricted"), policy("gpt-4", privacy="restricted")],
             "gpt-4",
             PrivacyZone.UNSPECIFIED,
             {"local-1", "local-2"},
@@ -82,7 +83,7 @@ def privacy_excluded(decision: Decision) -> dict[str, str]:
     ],
 )
 def test_privacy_constraint_table(
-    policies: list[PolicySpec],
+    policies: list[Policy],
     model: str,
     request_privacy: PrivacyZone,
     expected_survivors: set[str],
@@ -99,7 +100,7 @@ def test_privacy_constraint_table(
 
 
 def test_privacy_note_records_the_constraint() -> None:
-    eng = engine(config(fleet_of_mixed_zones(), policies=[("gpt-4*", "restricted", 0, None, True)]))
+    eng = engine(config(fleet_of_mixed_zones(), policies=[policy("gpt-4*", privacy="restricted")]))
     restricted = eng.explain(request("gpt-4"))
     open_ = eng.explain(request("m"))
     [r_stage] = [s for s in restricted.stages if s.reconciler == PRIVACY]
@@ -111,7 +112,7 @@ def test_privacy_note_records_the_constraint() -> None:
 
 
 def test_reason_names_both_zones_and_the_model() -> None:
-    eng = engine(config(fleet_of_mixed_zones(), policies=[("gpt-4*", "restricted", 0, None, True)]))
+    eng = engine(config(fleet_of_mixed_zones(), policies=[policy("gpt-4*", privacy="restricted")]))
     reason = privacy_excluded(eng.explain(request("gpt-4")))["cloud-1"]
     assert reason == "backend zone open violates restricted policy for model 'gpt-4'"
 
@@ -132,7 +133,7 @@ def test_reason_names_both_zones_and_the_model() -> None:
 def test_policy_glob_patterns(pattern: str, model: str, restricted: bool) -> None:
     cfg = config(
         [backend("local", models=(model,)), backend("cloud", type="openai", models=(model,))],
-        policies=[(pattern, "restricted", 0, None, True)],
+        policies=[policy(pattern, privacy="restricted")],
     )
     decision = engine(cfg).explain(request(model))
     route = decision.route
@@ -152,7 +153,7 @@ def test_all_excluded_rejects_with_every_reason() -> None:
             backend("cloud-b", type="anthropic", models=("gpt-4",)),
             backend("cloud-c", type="google", models=("gpt-4",)),
         ],
-        policies=[("gpt-4*", "restricted", 0, None, True)],
+        policies=[policy("gpt-4*", privacy="restricted")],
     )
     decision = engine(cfg).explain(request("gpt-4"))
     assert isinstance(decision.verdict, Reject)
@@ -183,7 +184,7 @@ def test_policy_matched_on_every_name_of_the_alias_chain(policy_pattern: str, re
             backend("cloud", type="openai", models=("llama3:70b",)),
         ],
         aliases={"gpt-4": "mid", "mid": "llama3:70b"},
-        policies=[(policy_pattern, "restricted", 0, None, True)],
+        policies=[policy(policy_pattern, privacy="restricted")],
     )
     decision = engine(cfg).explain(request(requested))
     assert decision.resolved_model == "llama3:70b"
@@ -198,7 +199,7 @@ def test_policy_matched_on_every_name_of_the_alias_chain(policy_pattern: str, re
 def _snapshot_and_intent(model: str) -> tuple[Snapshot, Intent]:
     cfg = config(
         [backend("local", models=(model,)), backend("cloud", type="openai", models=(model,))],
-        policies=[("*", "restricted", 0, None, True)],
+        policies=[policy("*", privacy="restricted")],
     )
     eng = engine(cfg)
     snap = eng.snapshot()
