@@ -102,6 +102,11 @@ class RedisLedger:
         """Journaled settles the store refused on replay (moved to redis_journal_failed)."""
         return self._recovery.replays_refused
 
+    @property
+    def polls(self) -> int:
+        """Rounds of the background task (recover, catch up, load a new month) finished."""
+        return self._recovery.polls
+
     async def start(self) -> None:
         await self._journal.open()  # raises LedgerError naming the journal file
         try:

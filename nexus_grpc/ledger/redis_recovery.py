@@ -62,6 +62,7 @@ class Recovery:
         self._poll_secs = poll_secs
         self._breaker_secs = breaker_secs
         self.replays_refused = 0  # journaled settles the store refused, moved aside
+        self.polls = 0  # rounds of the background task finished (tests wait on them)
 
     async def recover(self) -> None:
         """Probe, then bring the store up to date with everything done locally; raises Down."""
@@ -163,3 +164,5 @@ class Recovery:
                 store.retry_at = time.monotonic() + self._breaker_secs  # not on every poll
             except Exception:  # a bug must not end recovery for good
                 log.exception("redis ledger background task")
+            finally:
+                self.polls += 1

@@ -40,7 +40,8 @@ def fingerprint(path: Path) -> Fingerprint:
 
 class ConfigWatcher:
     """`run()` polls on its own; tests drive `start()` and `poll()` directly, with `sleep`
-    replaced so that no test waits in real time."""
+    replaced so that no test waits in real time. `polls` counts the looks `run()` finished (the
+    first fingerprint is taken before the first one), so a test can wait on them."""
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class ConfigWatcher:
         self.settle_seconds = settle_seconds
         self._sleep = sleep
         self.reloads = 0  # reloads this watcher started (successful or not)
+        self.polls = 0  # looks at the file `run()` finished (a failed one too)
         self._missing_logged = False
         self._seen: Fingerprint | None = None
 
@@ -85,6 +87,7 @@ class ConfigWatcher:
                 await self.poll()
             except Exception:  # the watcher must outlive a bug
                 log.exception("watch_config: checking %s failed; retrying", self.path)
+            self.polls += 1
 
     async def poll(self) -> bool:
         """One look at the file; True when it started a reload."""

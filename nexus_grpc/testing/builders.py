@@ -2,7 +2,7 @@
 
     cfg = config(
         backends=[backend("gpu-1", tier=3), backend("cloud", type="openai", models=("gpt-4",))],
-        policies=[("gpt-4*", "restricted", 0, None, True)],
+        policies=[policy("gpt-4*", privacy="restricted")],
         budget=budget_config(100.0, action="block_cloud"),
     )
     eng = engine(cfg, clock=FakeClock(), wall=FakeWall(), seed=7)
@@ -52,8 +52,6 @@ from nexus_grpc.testing.clock import FakeClock, FakeWall
 ZoneLike = PrivacyZone | str
 PriceLike = Price | tuple[float, float]
 # (model_pattern, privacy, min_tier, max_cost_usd, fallback_allowed)
-PolicySpec = tuple[str, ZoneLike, int, float | None, bool]
-
 _ZONES = {
     "restricted": PrivacyZone.RESTRICTED,
     "open": PrivacyZone.OPEN,
@@ -130,6 +128,7 @@ def _zone_of(backend_type: str, value: ZoneLike | None) -> PrivacyZone:
 
 def policy(
     pattern: str,
+    *,
     privacy: ZoneLike = PrivacyZone.RESTRICTED,
     min_tier: int = 0,
     max_cost_usd: float | None = None,
@@ -170,7 +169,7 @@ def config(
     *,
     strategy: str = "smart",
     weights: Weights | tuple[int, int, int] | None = None,
-    policies: Sequence[Policy | PolicySpec] = (),
+    policies: Sequence[Policy] = (),
     aliases: Mapping[str, str] | None = None,
     fallbacks: Mapping[str, Sequence[str]] | None = None,
     budget: BudgetConfig | None = None,
@@ -188,7 +187,7 @@ def config(
         weights=weights or Weights(),
         aliases=dict(aliases or {}),
         fallbacks={k: tuple(v) for k, v in (fallbacks or {}).items()},
-        policies=tuple(p if isinstance(p, Policy) else policy(*p) for p in policies),
+        policies=tuple(policies),
         budget=budget,
     )
     return Config(

@@ -9,6 +9,7 @@ its own asyncio loop in a background thread, with a synchronous channel to it.
     server.start()
     server.port, server.target, server.runtime        # 54321, "127.0.0.1:54321", the Runtime
     server.run(server.runtime.reload())               # run a coroutine on the server's loop
+    server.config_watcher.polls                       # with config_path and watch_config
     stopping = server.begin_stop(drain_seconds=1.0)   # drain in the background; check health...
     stopping.result(timeout=5)
     server.stop()                                     # idempotent; closes the channel too
@@ -33,10 +34,12 @@ from nexus_grpc.app import Runtime, ServeOptions
 from nexus_grpc.config.demo import demo_config
 from nexus_grpc.config.loader import load_config, load_config_text
 from nexus_grpc.config.schema import Config
+from nexus_grpc.state.reload import ConfigWatcher
 
 T = TypeVar("T")
 
 DEFAULT_LISTEN = "127.0.0.1:0"
+WATCH_TASK = "nexus-config-watch"  # the name the Runtime gives the watcher's task
 
 
 class TestServerError(RuntimeError):
@@ -106,6 +109,25 @@ class TestServer:
         if self._channel is None:
             self._channel = grpc.insecure_channel(self.target, options=self._channel_options)
         return self._channel
+
+    @property
+    def config_watcher(self) -> ConfigWatcher:
+        """The runtime's `[server] watch_config` watcher (its `polls` count its looks at the file).
+        The Runtime keeps no reference to it: it is found as the `self` of its task's coroutine."""
+
+        async def find() -> ConfigWatcher | None:
+            for task in asyncio.all_tasks():
+                frame = getattr(task.get_coro(), "cr_frame", None)
+                if task.get_name() == WATCH_TASK and frame is not None:
+                    found = frame.f_locals.get("self")
+                    if isinstance(found, ConfigWatcher):
+                        return found
+            return None
+
+        watcher = self.run(find())
+        if watcher is None:
+            raise TestServerError("the server watches no config file ([server] watch_config, config_path)")
+        return watcher
 
     @property
     def running(self) -> bool:

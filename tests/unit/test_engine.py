@@ -26,6 +26,7 @@ from nexus_grpc.testing.builders import (
     engine,
     memory_ledger,
     model,
+    policy,
     report,
     request,
 )
@@ -138,7 +139,7 @@ class YieldingLedger(MemoryLedger):
     """A memory ledger whose writes yield to the event loop first, like a networked store."""
 
     async def reserve(self, reservation: Reservation, limits: Mapping[str, int] | None = None) -> bool:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a yield, not a wait: other decides run here
         return await super().reserve(reservation, limits)
 
 
@@ -512,7 +513,11 @@ def test_builders_make_what_the_loader_makes() -> None:
         strategy="priority_only",
         aliases={"gpt-4": "llama3:70b"},
         fallbacks={"llama3:70b": ["qwen2:72b"]},
-        policies=[("{gpt-4,llama3}*", "restricted", 3, 0.5, False)],
+        policies=[
+            policy(
+                "{gpt-4,llama3}*", privacy="restricted", min_tier=3, max_cost_usd=0.5, fallback_allowed=False
+            )
+        ],
         budget=budget_config(250.0, soft_limit_percent=80.0, action="block_cloud", tenants={"team-a": 20.5}),
         pricing={"qwen2:72b": (0.004, 0.008)},
     )

@@ -86,7 +86,7 @@ def test_a_report_by_decision_id_settles_exactly_that_decision() -> None:
 def test_concurrent_reports_of_one_request_id_settle_two_decisions() -> None:
     class Slow(MemoryLedger):
         async def settle(self, *args: object, **kw: object) -> SettleResult:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the stand-in store's latency: the two reports overlap
             return await super().settle(*args, **kw)  # type: ignore[arg-type]
 
     eng = fleet(ledger=Slow())

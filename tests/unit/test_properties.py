@@ -97,10 +97,10 @@ def configs(draw: st.DrawFn) -> Config:
     policies = [
         policy(
             draw(st.sampled_from(PATTERNS)),
-            draw(st.sampled_from(("restricted", "unrestricted"))),
-            draw(st.integers(0, 5)),
-            draw(st.one_of(st.none(), st.sampled_from((0.001, 0.05, 10.0)))),
-            draw(st.booleans()),
+            privacy=draw(st.sampled_from(("restricted", "unrestricted"))),
+            min_tier=draw(st.integers(0, 5)),
+            max_cost_usd=draw(st.one_of(st.none(), st.sampled_from((0.001, 0.05, 10.0)))),
+            fallback_allowed=draw(st.booleans()),
         )
         for _ in range(draw(st.integers(0, 3)))
     ]

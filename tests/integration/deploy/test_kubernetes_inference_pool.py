@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pytest
 import yaml
 from deploy_manifests import K8S, REPO, Manifests, container, load
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waiting import wait_until
 
 from nexus_grpc import cli
 from nexus_grpc.config.loader import check_config
@@ -548,13 +548,14 @@ def wait_until_not_serving(target: str, certificates: Certificates) -> None:
     options = [("grpc.ssl_target_name_override", certificates.tls_name)]
     with grpc.secure_channel(target, creds, options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-            if answer.status == health_pb2.HealthCheckResponse.NOT_SERVING:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the server did not start draining")
+        wait_until(
+            lambda: (
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            ),
+            "the server starts draining",
+            timeout=5,
+        )
 
 
 # ---- the built overlay -----------------------------------------------------------------------

@@ -24,10 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deploy_manifests import Manifests, load
 from deploy_topology import Redis, Replica, envoy_template, substitute
+from waiting import wait_until
 
 from nexus_grpc.domain.money import NANO, nano_to_usd
 from nexus_grpc.testing.envoy import EnvoyProcess, free_port
@@ -164,17 +166,18 @@ def test_three_replicas_behind_envoy_survive_a_kill_and_a_redis_restart(
         t.start()
     victim = replicas[1]
     events: dict[str, float] = {}
+    # the timeline is the scenario: traffic runs for set times between the kill and the restart
     time.sleep(KILL_AT)
     events["kill"] = time.monotonic()
     victim.kill()
     events["dead"] = time.monotonic()
-    time.sleep(REDIS_DOWN_AT - (time.monotonic() - t0))
+    time.sleep(REDIS_DOWN_AT - (time.monotonic() - t0))  # the timeline: traffic after the kill
     events["redis down"] = time.monotonic()
     redis.stop()
-    time.sleep(REDIS_DOWN_FOR)
+    time.sleep(REDIS_DOWN_FOR)  # the timeline: Redis stays down this long
     redis.start()
     events["redis up"] = time.monotonic()
-    time.sleep(max(0.0, STOP_AT - (time.monotonic() - t0)))
+    time.sleep(max(0.0, STOP_AT - (time.monotonic() - t0)))  # the timeline: traffic after the restart
     stop.set()
     for t in threads:
         t.join(30)
@@ -224,21 +227,29 @@ def test_three_replicas_behind_envoy_survive_a_kill_and_a_redis_restart(
     }
     month = datetime.now(tz=UTC).strftime("%Y-%m")
     survivors = [r for r in replicas if r is not victim]
-    deadline = time.monotonic() + 20
-    while True:
+    last: dict[str, Any] = {}
+
+    def converged() -> bool:
         client_ = redis.client()
         spent = int(client_.hget(f"nexus:spent:{month}", "global") or 0)
         reserved = int(client_.hget(f"nexus:reserved:{month}", "global") or 0)
         client_.close()
         seen = [r.spent_reserved() for r in survivors]
+        last.update(spent=spent, reserved=reserved, seen=seen)
         # the killed replica's reservations expire with their in-flight TTL; spend must already match
-        if spent in allowed and all(s == (spent, reserved) for s in seen):
-            break
-        assert time.monotonic() < deadline, (
-            f"redis spent {spent} reserved {reserved}; the answered requests cost {expected}, those "
-            f"the backends answered for failed clients {lost} ({cost} each); replicas {seen}"
-        )
-        time.sleep(0.2)
+        return spent in allowed and all(s == (spent, reserved) for s in seen)
+
+    wait_until(
+        converged,
+        lambda: (
+            f"redis spent {last['spent']} reserved {last['reserved']}; the answered requests cost "
+            f"{expected}, those the backends answered for failed clients {lost} ({cost} each); "
+            f"replicas {last['seen']}"
+        ),
+        timeout=20,
+        interval=0.2,
+    )
+    spent, reserved, seen = last["spent"], last["reserved"], last["seen"]
     print(
         f"spend in redis {nano_to_usd(spent):.6f} USD = the answered requests' usage "
         f"{nano_to_usd(expected):.6f} USD"

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,6 +16,7 @@ import grpc
 import pytest
 from durability_procs import stubs
 from grpc_health.v1 import health_pb2
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
@@ -150,13 +150,6 @@ id = "gpt-x"
 """
 
 
-def until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.01)
-
-
 def test_probes_drive_backend_status(upstreams: dict[str, Upstream], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEXUS_TEST_PROBE_HEADERS", "Authorization: Bearer probe-token\nX-Probe: 1")
     text = CONFIG.format(**{name: u.url for name, u in upstreams.items()})
@@ -189,7 +182,7 @@ def test_probes_drive_backend_status(upstreams: dict[str, Upstream], monkeypatch
             s.decision.Decide(dpb.DecideRequest(model="declared"), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert rt.prober.rounds == 0 and live("slow").status == BackendStatus.UNKNOWN
-        until(lambda: health() == SERVING, "SERVING")
+        wait_until(lambda: health() == SERVING, "SERVING", timeout=20)
         assert rt.prober.rounds >= 1
         statuses = {b: live(b).status for b in ("ollama", "flaky", "slow", "auth", "cloud")}
         assert statuses == {"ollama": H, "flaky": H, "slow": U, "auth": H, "cloud": H}
@@ -215,35 +208,35 @@ def test_probes_drive_backend_status(upstreams: dict[str, Upstream], monkeypatch
 
         # the hanging server recovers: two successes in a row (recovery_threshold) make it HEALTHY
         upstreams["slow"].set("ok")
-        until(lambda: probes("slow")[1] >= 1, "a first successful probe")
+        wait_until(lambda: probes("slow")[1] >= 1, "a first successful probe", timeout=20)
         status, successes, _ = probes("slow")
         assert status == U or successes >= 2
-        until(lambda: live("slow").status == H, "slow recovers")
+        wait_until(lambda: live("slow").status == H, "slow recovers", timeout=20)
 
         # failures: one is not enough (failure_threshold = 2), two are
         upstreams["flaky"].set("fail")
-        until(lambda: probes("flaky")[2] >= 1, "a first failed probe")
+        wait_until(lambda: probes("flaky")[2] >= 1, "a first failed probe", timeout=20)
         status, _, failures = probes("flaky")
         assert status == H or failures >= 2
-        until(lambda: live("flaky").status == U, "flaky turns UNHEALTHY")
+        wait_until(lambda: live("flaky").status == U, "flaky turns UNHEALTHY", timeout=20)
         assert live("flaky").reason == "health probe: HTTP 500"
         resp = s.decision.Decide(dpb.DecideRequest(model="flaky-model"), timeout=5)
         assert not resp.HasField("route")
         upstreams["flaky"].set("ok")
-        until(lambda: live("flaky").status == H, "flaky recovers")
+        wait_until(lambda: live("flaky").status == H, "flaky recovers", timeout=20)
 
         # an admin-set DRAINING sticks while the probes keep succeeding
         s.registry.SetBackendState(
             rpb.SetBackendStateRequest(backend_id="ollama", status=tpb.BACKEND_STATUS_DRAINING), timeout=5
         )
         rounds = rt.prober.rounds
-        until(lambda: rt.prober.rounds >= rounds + 3, "three more rounds")
+        wait_until(lambda: rt.prober.rounds >= rounds + 3, "three more rounds", timeout=20)
         assert live("ollama").status == BackendStatus.DRAINING
         assert live("ollama").probe_successes >= 3
         s.registry.SetBackendState(
             rpb.SetBackendStateRequest(backend_id="ollama", status=tpb.BACKEND_STATUS_HEALTHY), timeout=5
         )
-        until(lambda: live("ollama").status == H, "ollama healthy again")
+        wait_until(lambda: live("ollama").status == H, "ollama healthy again", timeout=20)
 
         assert health() == SERVING  # probe results never touch the server's own health
         assert upstreams["auth"].seen and all(u.seen for u in upstreams.values())

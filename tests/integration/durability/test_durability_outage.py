@@ -15,12 +15,13 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from durability_procs import Launch, Serve, percentile
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
@@ -74,13 +75,6 @@ id = "m"
 def redis() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
-
-
-def until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.05)
 
 
 def shutdown_and_save(redis: RedisServer) -> None:
@@ -155,28 +149,30 @@ def test_redis_outage_keeps_deciding_and_the_ledger_converges(
     for t in threads:
         t.start()
     try:
-        time.sleep(BASELINE_SECS)
+        # the phases' lengths are the scenario (real processes, a real Redis): decisions flow for
+        # set times before, during and after each outage while the clients measure them
+        time.sleep(BASELINE_SECS)  # the scenario's baseline phase
 
         phase[0] = "redis stopped"
         shutdown_and_save(redis)
-        until(unavailable_everywhere, "both replicas see the store down")
+        wait_until(unavailable_everywhere, "both replicas see the store down", timeout=30)
         assert all("unavailable" in " ".join(r.info().degraded_reasons) for r in replicas)
-        time.sleep(OUTAGE_SECS)
+        time.sleep(OUTAGE_SECS)  # the outage lasts this long, traffic on
 
         phase[0] = "recovering"
         redis.start()
-        until(available_everywhere, "both replicas see the store again")
-        time.sleep(1.0)
+        wait_until(available_everywhere, "both replicas see the store again", timeout=30)
+        time.sleep(1.0)  # traffic on the recovered store for a while
 
         phase[0] = "redis frozen"
         redis.freeze()
-        until(unavailable_everywhere, "both replicas see the store hang")
-        time.sleep(OUTAGE_SECS)
+        wait_until(unavailable_everywhere, "both replicas see the store hang", timeout=30)
+        time.sleep(OUTAGE_SECS)  # the outage lasts this long, traffic on
 
         phase[0] = "after"
         redis.thaw()
-        until(available_everywhere, "both replicas see the store again")
-        time.sleep(1.0)
+        wait_until(available_everywhere, "both replicas see the store again", timeout=30)
+        time.sleep(1.0)  # traffic on the recovered store for a while
     finally:
         stop.set()
         for t in threads:
@@ -185,7 +181,7 @@ def test_redis_outage_keeps_deciding_and_the_ledger_converges(
 
     total = sum(reported)
     # the journals are replayed and the totals re-read: every replica converges to the exact sum
-    until(lambda: all(r.spent_reserved() == (total, 0) for r in replicas), "the ledger converges", 30)
+    wait_until(lambda: all(r.spent_reserved() == (total, 0) for r in replicas), "the ledger converges", 30)
 
     def p(name: str, q: float) -> float:
         return percentile(latencies[name], q) * 1000

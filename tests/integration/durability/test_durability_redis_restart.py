@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import async_wait_until
 
 from nexus_grpc.ledger.base import Reservation, month_of
 from nexus_grpc.ledger.redis import RedisLedger
@@ -34,11 +35,7 @@ def test_no_stale_connections_after_a_restart(tmp_path: Path) -> None:
             assert await ledger.settle("during", ["global"], 5, MONTH, estimated=False)
             assert not ledger.available
             server.start()
-            for _ in range(500):
-                if ledger.available:
-                    break
-                await asyncio.sleep(0.02)
-            assert ledger.available
+            await async_wait_until(lambda: ledger.available, "the ledger sees the store again")
             failures = ledger.failures
             for i in range(20):
                 reservation = Reservation(f"r{i}", ("global",), 1, MONTH, time.time() + 60)

@@ -9,13 +9,13 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from durability_procs import Launch, Serve, stubs
 from grpc_health.v1 import health_pb2
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
@@ -77,13 +77,6 @@ def failures_of(info: apb.GetServerInfoResponse) -> int:
     return 0
 
 
-def until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.02)
-
-
 def test_reload_under_load_sighup_and_rpc(launch: Launch, tmp_path: Path) -> None:
     path = tmp_path / "nexus.toml"
     path.write_text(config_text(VARIANTS[0]))
@@ -122,31 +115,39 @@ def test_reload_under_load_sighup_and_rpc(launch: Launch, tmp_path: Path) -> Non
             health = stubs(channel).health
             while not stop.is_set():
                 health_seen.add(health.Check(health_pb2.HealthCheckRequest(), timeout=10).status)
-                time.sleep(0.02)
+                time.sleep(0.02)  # a sampling pace: health is watched for the whole run
 
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(CLIENTS)]
     threads.append(threading.Thread(target=watch_health, daemon=True))
     for t in threads:
         t.start()
     try:
-        until(lambda: len(decided) >= 50, "load is running")
+        wait_until(lambda: len(decided) >= 50, "load is running", timeout=20)
         for i in range(1, 7):
             text = config_text(VARIANTS[i % len(VARIANTS)])
             path.write_text(text)
             if i % 2:
                 server.signal(signal.SIGHUP)
-                until(lambda t=text: server.info().config_version == version_of(t), f"SIGHUP reload {i}")
+                wait_until(
+                    lambda t=text: server.info().config_version == version_of(t),
+                    f"SIGHUP reload {i}",
+                    timeout=20,
+                )
             else:
                 resp = server.stubs.admin.ReloadConfig(apb.ReloadConfigRequest(), timeout=15)
                 assert resp.config_version == version_of(text)
             variant = VARIANTS[i % len(VARIANTS)]
             top = min(variant, key=lambda b: variant[b])
             mark = len(decided)
-            until(lambda top=top, mark=mark: top in decided[mark:], f"decisions follow reload {i}")
+            wait_until(
+                lambda top=top, mark=mark: top in decided[mark:], f"decisions follow reload {i}", timeout=20
+            )
             if i == 3:  # a bad file, by signal and by RPC: nothing changes, both are counted
                 path.write_text(BAD)
                 server.signal(signal.SIGHUP)
-                until(lambda: failures_of(server.info()) == 1, "the failed SIGHUP reload counted")
+                wait_until(
+                    lambda: failures_of(server.info()) == 1, "the failed SIGHUP reload counted", timeout=20
+                )
                 with pytest.raises(grpc.RpcError) as info:
                     server.stubs.admin.ReloadConfig(apb.ReloadConfigRequest(), timeout=15)
                 assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -154,7 +155,7 @@ def test_reload_under_load_sighup_and_rpc(launch: Launch, tmp_path: Path) -> Non
                 current = server.info()
                 assert failures_of(current) == 2
                 assert current.config_version == version_of(text)  # the old config is kept
-        until(lambda: len(decided) >= 300, "a few hundred decisions")
+        wait_until(lambda: len(decided) >= 300, "a few hundred decisions", timeout=20)
     finally:
         stop.set()
         for t in threads:
@@ -180,18 +181,20 @@ def test_watch_config_reloads_on_a_file_change(tmp_path: Path) -> None:
         assert version() == version_of(first)
         second = config_text({"a": 2, "b": 1}, watch=True, ledger="memory")
         path.write_text(second)
-        until(lambda: version() == version_of(second), "the watcher applies the change")
+        wait_until(lambda: version() == version_of(second), "the watcher applies the change", timeout=20)
         assert s.decision.Decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "b"
 
         bad = BAD.replace("watch_config = false", "watch_config = true")
         path.write_text(bad)
-        until(lambda: server.runtime.state.reload_failures == 1, "the bad file is counted")
-        time.sleep(2.5)  # two more polls: the same bad content is not retried
-        assert server.runtime.state.reload_failures == 1
+        wait_until(lambda: server.runtime.state.reload_failures == 1, "the bad file is counted", timeout=20)
+        watcher = server.config_watcher
+        looked = watcher.polls
+        wait_until(lambda: watcher.polls >= looked + 2, "two more looks at the file", timeout=20)
+        assert server.runtime.state.reload_failures == 1  # the same bad content is not retried
         assert version() == version_of(second)
         assert s.health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
 
         third = config_text({"c": 1}, watch=True, ledger="memory")
         path.write_text(third)
-        until(lambda: version() == version_of(third), "the next good file applies")
+        wait_until(lambda: version() == version_of(third), "the next good file applies", timeout=20)
         assert s.decision.Decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "c"

@@ -4,11 +4,11 @@ outcome feedback and failure behaviour."""
 from __future__ import annotations
 
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from envoy_stack import StackFactory
+from waiting import wait_until
 
 from nexus_grpc.testing.upstream import Answer
 
@@ -225,10 +225,7 @@ def test_stream_closed_without_a_response_reports_a_failure(make_stack: StackFac
         client.sendall(b"GET /v1/models HTTP/1.1\r\nhost: test\r\nx-nexus-model: gpt-3.5-turbo\r\n\r\n")
         cloud.wait_for(1)
         assert nx.in_flight()["openai"] == 1
-    deadline = time.monotonic() + 5
-    while nx.in_flight()["openai"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert nx.in_flight()["openai"] == 0
+    wait_until(lambda: nx.in_flight()["openai"] == 0, "the closed stream frees its slot", timeout=5)
     assert nx.stats.closed_without_response == 1
     assert nx.backend("openai").error_rate == 1.0  # reported as a failure
 

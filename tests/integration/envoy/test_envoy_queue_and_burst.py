@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from envoy_stack import Response, StackFactory
+from waiting import wait_until
 
 from nexus_grpc.testing.upstream import Answer
 
@@ -22,18 +23,18 @@ def test_loading_backend_becomes_healthy_during_the_hold_and_serves(make_stack: 
     nx = stack.nx
     nx.set_state("gpu-2", "LOADING", eta_ms=60_000)
     with ThreadPoolExecutor(1) as pool:
-        started = time.monotonic()
         pending = pool.submit(stack.http, "/v1/chat/completions", {"x-nexus-model": "reasoning"}, "{}")
-        time.sleep(MESSAGE_TIMEOUT_S + 0.3)  # held past Envoy's per-message timeout
+        wait_until(lambda: nx.stats.holds == 1, "the request is held")
+        # the point: Envoy's per-message timeout runs on its own clock, so real time passes it
+        time.sleep(MESSAGE_TIMEOUT_S + 0.3)
         assert not pending.done()
-        assert nx.stats.holds == 1
         nx.set_state("gpu-2", "HEALTHY")  # an event: the hold decides again at once
         resp = pending.result(timeout=10)
-        elapsed = time.monotonic() - started
+    # a 200, not the 503 of a hold that timed out at max_wait_ms: woken by the change
     assert resp.status == 200, resp.body
+    assert nx.stats.holds_timed_out == 0
     assert resp.json()["served_by"] == "gpu-2"
     assert stack.upstreams["gpu-2"].received[0].headers["x-nexus-model"] == "deepseek-r1:70b"
-    assert MESSAGE_TIMEOUT_S + 0.3 <= elapsed < 4.5  # woken by the change, not by the 6 s wait
     assert nx.in_flight()["gpu-2"] == 0
     assert (
         stack.envoy.stats("ext_proc.override_message_timeout_received")[
@@ -50,7 +51,8 @@ def test_hold_times_out_with_503_and_retry_after(make_stack: StackFactory) -> No
     resp = stack.http(headers={"x-nexus-model": "reasoning"})
     elapsed = time.monotonic() - started
     assert resp.status == 503, resp.body
-    assert 2.4 <= elapsed < 4.0
+    assert elapsed >= 2.4  # held for max_wait_ms (2500), the behaviour under test
+    assert elapsed < 10  # then answered: not left to Envoy's request timeout
     assert resp.headers["retry-after"] == "3"  # the wait (clamped to max_wait_ms 2500) in whole seconds
     assert resp.headers["content-type"] == "application/json"
     body = resp.json()

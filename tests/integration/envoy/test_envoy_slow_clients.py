@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from envoy_stack import StackFactory, raw_request
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2
 
@@ -42,15 +43,17 @@ def test_slow_body_clients_never_lock_direct_callers_out(make_stack: StackFactor
             pool.submit(raw_request, stack.envoy.port, head, body, byte_delay=0.5)
             for _ in range(SLOW_CLIENTS)
         ]
-        while nx.runtime.state.streams_active < STREAMS:  # every held client has sent its headers
-            assert time.monotonic() - started < REQUEST_TIMEOUT_S, nx.runtime.state.streams_active
-            time.sleep(0.02)
+        wait_until(
+            lambda: nx.runtime.state.streams_active >= STREAMS,
+            lambda: f"every held client sent its headers: {nx.runtime.state.streams_active} streams",
+            timeout=REQUEST_TIMEOUT_S,
+        )
         decided = 0
-        while time.monotonic() - started < REQUEST_TIMEOUT_S - 0.5:
+        while time.monotonic() - started < REQUEST_TIMEOUT_S - 0.5:  # all the while they are held
             reply = nx.decision.Decide(decision_pb2.DecideRequest(model="gpt-4"), timeout=2)
             assert reply.WhichOneof("decision") == "route"
             decided += 1
-            time.sleep(0.05)
+            time.sleep(0.05)  # a caller's pace, not a wait: direct callers decide through the window
         results = [f.result(timeout=REQUEST_TIMEOUT_S + 5) for f in slow]
     assert decided >= 10
     statuses = sorted(r.status or 0 for r in results)
@@ -58,16 +61,13 @@ def test_slow_body_clients_never_lock_direct_callers_out(make_stack: StackFactor
     # ones over it were refused at once and Envoy answered with status_on_error
     assert statuses == [408] * STREAMS + [503] * (SLOW_CLIENTS - STREAMS), statuses
     for r in results:
-        if r.status == 408:
-            assert REQUEST_TIMEOUT_S - 0.5 <= r.elapsed < REQUEST_TIMEOUT_S + 2
-        else:
-            assert r.elapsed < 1.0
+        if r.status == 408:  # ended by Envoy's request timeout, the behaviour under test
+            assert REQUEST_TIMEOUT_S - 0.5 <= r.elapsed < REQUEST_TIMEOUT_S + 5
+        else:  # refused at once: well before the request timeout
+            assert r.elapsed < REQUEST_TIMEOUT_S / 2
     assert stack.received() == {"gpu-1": 0, "gpu-2": 0, "openai": 0}
     # and all is released: the next request is served
-    deadline = time.monotonic() + 5
-    while nx.runtime.state.streams_active and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert nx.runtime.state.streams_active == 0
+    wait_until(lambda: nx.runtime.state.streams_active == 0, "every stream released", timeout=5)
     resp = stack.http(headers={"content-type": "application/json"}, body=body)
     assert resp.status == 200 and resp.json()["served_by"] == "gpu-1"
 

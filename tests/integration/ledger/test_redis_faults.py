@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from waiting import async_wait_until
 
 from nexus_grpc.errors import LedgerError
 from nexus_grpc.ledger.base import (
@@ -65,14 +66,6 @@ def journal_rows(path: Path, table: str = "redis_journal") -> list[tuple[str, ..
         return [tuple(row) for row in conn.execute(f"SELECT {columns} FROM {table} ORDER BY seq")]
 
 
-async def until(cond: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached within 10 s")
-
-
 def test_thousands_of_max_size_charges_saturate_and_the_store_stays_available(
     server: RedisServer, store: redis.Redis, tmp_path: Path
 ) -> None:
@@ -108,7 +101,9 @@ def test_thousands_of_max_size_charges_saturate_and_the_store_stays_available(
             assert len(journal_rows(path)) == 300
             assert a.totals(G, MONTH) == Totals(MAX_TOTAL_NANO, MAX_AMOUNT_NANO)
             server.thaw()
-            await until(lambda: a.available and not journal_rows(path))
+            await async_wait_until(
+                lambda: a.available and not journal_rows(path), "the ledger is back with its journal replayed"
+            )
             assert a.replays_refused == 0 and a.refusals == 0
             assert store.hget(spent, G) == str(MAX_TOTAL_NANO)
             assert await a.settle("j7", [G], 1, MONTH, estimated=False) == SettleResult(
@@ -149,7 +144,10 @@ def test_absurd_expiries_never_reach_the_store(
             assert await a.reserve(Reservation("later", (G,), 5, MONTH, 1e300))
             assert not a.available
             server.thaw()
-            await until(lambda: store.zscore("nexus:res_exp", "later") is not None)
+            await async_wait_until(
+                lambda: store.zscore("nexus:res_exp", "later") is not None,
+                "the reservation pushed to the store",
+            )
             assert store.zscore("nexus:res_exp", "later") == now + MAX_HOLD_SECS
             assert a.refusals == 0
         finally:
@@ -227,8 +225,11 @@ def test_a_journaled_settle_the_store_refuses_is_moved_aside_and_replay_goes_on(
                 assert all("WRONGTYPE" in row[3] for row in failed)
                 assert store.hget(f"nexus:spent:{MONTH}", T) == "7"
                 assert await a.find_request("rg") == SettleResult(False, 7, False)
-                await asyncio.sleep(0.3)  # many polls later: nothing replayed or logged again
-                assert a.replays_refused == 2
+                polled = a.polls
+                await async_wait_until(
+                    lambda: a.polls >= polled + 10, "ten more rounds of the background task"
+                )
+                assert a.replays_refused == 2  # nothing replayed or logged again
             finally:
                 await a.close()
         moved = [r for r in caplog.records if "redis_journal_failed" in r.getMessage()]
@@ -269,7 +270,9 @@ def test_a_journal_that_cannot_be_written_refuses_the_settle(
             )
             assert await a.find_request("q") == SettleResult(False, 5, False)
             await asyncio.to_thread(server.start)  # empty: "before" went with the data
-            await until(lambda: a.available and not journal_rows(path))
+            await async_wait_until(
+                lambda: a.available and not journal_rows(path), "the ledger is back with its journal replayed"
+            )
             assert store.hget(f"nexus:spent:{MONTH}", G) == "5"
         finally:
             await a.close()
@@ -300,7 +303,10 @@ def test_request_ids_and_notes_go_through_an_outage(
             assert await a.find_request("other") == Pending("k3", (G, T), 7, MONTH, "other", "n3", False)
             assert await a.find_request("nobody") is None
             server.thaw()
-            await until(lambda: a.available and not journal_rows(path) and store.exists("nexus:res:k3") == 1)
+            await async_wait_until(
+                lambda: a.available and not journal_rows(path) and store.exists("nexus:res:k3") == 1,
+                "the journal replayed and the reservation pushed",
+            )
             # another replica finds all of it in the store
             assert await b.find("k1") == SettleResult(False, 30, False)
             assert await b.find_request("other") == Pending("k3", (G, T), 7, MONTH, "other", "n3", False)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
+from waiting import async_wait_until
 
 from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of
 from nexus_grpc.ledger.journal import Journal, JournalEntry
@@ -45,14 +46,6 @@ def spent_in_redis(server: RedisServer, scope: str = G) -> int:
 def journal_rows(path: Path) -> int:
     with sqlite3.connect(path) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM redis_journal").fetchone()[0])
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached within 10 s")
 
 
 async def timed(call: Awaitable[object]) -> object:
@@ -169,7 +162,7 @@ def test_hang_fails_open_fast_journals_and_replays(server: RedisServer, tmp_path
             await timed(a.refresh())
             assert journal_rows(journal) == 1
             server.thaw()
-            await until(lambda: a.available)
+            await async_wait_until(lambda: a.available, "the ledger sees the store again")
             assert journal_rows(journal) == 0
             assert spent_in_redis(server) == 125
             assert spent_in_redis(server, T) == 125
@@ -198,7 +191,7 @@ def test_restart_without_data_replays_the_journal(server: RedisServer, tmp_path:
             assert not a.available
             assert a.totals(G, MONTH) == Totals(1038, 7)
             await asyncio.to_thread(server.start)  # the same port, empty (no persistence)
-            await until(lambda: a.available)
+            await async_wait_until(lambda: a.available, "the ledger sees the store again")
             assert spent_in_redis(server) == 38  # the journaled charges; "lost" went with the data
             assert spent_in_redis(server, T) == 30
             assert a.totals(G, MONTH) == Totals(38, 7)  # re-read, with the pushed reservation
@@ -224,7 +217,7 @@ def test_start_with_redis_down(tmp_path: Path) -> None:
             assert await timed(a.settle("s", [G], 9, MONTH, estimated=False)) == SettleResult(True, 9, False)
             assert await timed(a.get(G, MONTH)) == Totals(9, 5)
             await asyncio.to_thread(server.start)
-            await until(lambda: a.available)
+            await async_wait_until(lambda: a.available, "the ledger sees the store again")
             assert spent_in_redis(server) == 9
             assert a.totals(G, MONTH) == Totals(9, 5)
             assert a.reservation("r") is not None

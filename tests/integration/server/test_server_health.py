@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
@@ -52,10 +53,8 @@ def test_not_serving_while_draining_then_unavailable(
     assert s.decision.Decide(dpb.DecideRequest(model="m"), timeout=5).route.backend_id == "local"
     started = time.monotonic()
     stopping = small.begin_stop(drain_seconds=1.0, grace_seconds=1.0)
-    deadline = started + 0.8
-    while status(s, "") != NOT_SERVING:
-        assert time.monotonic() < deadline, "health still SERVING after the stop began"
-        time.sleep(0.01)
+    # well within the 1 s drain, so the checks below still see it
+    wait_until(lambda: status(s, "") == NOT_SERVING, "health NOT_SERVING once the stop began", timeout=0.8)
     # still within the drain: health says NOT_SERVING, the server keeps answering
     for name in NAMES:
         assert status(s, name) == NOT_SERVING, name
@@ -158,10 +157,10 @@ def _report_futures(server: TestServer, n: int) -> list[grpc.Future[Any]]:
         )
         for i in range(n)
     ]
-    deadline = time.monotonic() + 10
-    while server.runtime.state.unary_active < n:  # the server has them all in progress
-        assert time.monotonic() < deadline, server.runtime.state.unary_active
-        time.sleep(0.01)
+    wait_until(
+        lambda: server.runtime.state.unary_active >= n,
+        lambda: f"the server has all {n} in progress: {server.runtime.state.unary_active}",
+    )
     return futures
 
 
@@ -217,10 +216,10 @@ def test_streams_have_their_own_budget(start_server: Callable[..., TestServer], 
         gate = threading.Event()
         gates.append(gate)
         calls.append(process(_silent_until(gate), timeout=30))
-    deadline = time.monotonic() + 10
-    while server.runtime.state.streams_active < 3:
-        assert time.monotonic() < deadline, server.runtime.state.streams_active
-        time.sleep(0.01)
+    wait_until(
+        lambda: server.runtime.state.streams_active >= 3,
+        lambda: f"three streams held: {server.runtime.state.streams_active}",
+    )
     extra = process(iter(()), timeout=10)
     with pytest.raises(grpc.RpcError) as info:
         list(extra)

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
 from nexus_grpc._gen.nexus.v1 import budget_pb2_grpc as bgrpc
@@ -33,19 +34,18 @@ def free_port() -> int:
 
 
 def wait_serving(target: str, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        def serving() -> bool:
             assert proc.poll() is None, f"serve exited early: {proc.communicate()[1]}"
             try:
                 resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become SERVING"
-            time.sleep(0.05)
+                return False
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+        wait_until(serving, "serve becomes SERVING", timeout=timeout, interval=0.05)
 
 
 @pytest.fixture

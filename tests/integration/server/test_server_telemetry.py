@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.request
 from pathlib import Path
 
 from conftest import SMALL_TOML, StartServer, make_stubs
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 
@@ -65,9 +65,7 @@ def test_decision_log_writes_one_json_line_per_decision(start_server: StartServe
     stubs.decision.Decide(dpb.DecideRequest(request_id="r1", model="m", labels={"team": "search"}))
     stubs.decision.Explain(dpb.ExplainRequest(request_id="r2", model="nope"))
     server.stop()  # flushes the log
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(log.read_text().splitlines()) < 2:
-        time.sleep(0.05)
+    wait_until(lambda: len(log.read_text().splitlines()) >= 2, "two lines in the decision log", timeout=5)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(e["request_id"], e["decision"], e["explain"]) for e in lines] == [
         ("r1", "route", False),

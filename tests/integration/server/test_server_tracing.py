@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from support.otlp import Collector, attrs, hex_id
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
@@ -166,14 +166,15 @@ def test_spans_pending_at_sigterm_arrive(small_toml: str, collector: Collector, 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             stub = dgrpc.DecisionServiceStub(channel)
-            deadline = time.monotonic() + 20
-            while True:
+
+            def decided() -> bool:
                 try:
                     stub.Decide(dpb.DecideRequest(model="m"), timeout=5)
-                    break
                 except grpc.RpcError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.1)
+                    return False
+                return True
+
+            wait_until(decided, "a first Decide answered", timeout=20, interval=0.1)
         proc.send_signal(signal.SIGTERM)  # at once: the span is still in the export queue
         assert proc.wait(timeout=30) == 0
     finally:

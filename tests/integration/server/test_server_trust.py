@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from waiting import wait_until
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
@@ -242,18 +242,11 @@ def test_a_ledger_that_cannot_write_fails_priced_decides_cleanly_and_recovers(
     def status() -> int:
         return int(health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status)
 
-    wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, "health turns NOT_SERVING")
+    wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, "health turns NOT_SERVING")
     info = s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5)
     assert not info.ledger_available
     assert any("cannot store changes" in r for r in info.degraded_reasons)
     server.run(db.run(lambda conn: conn.execute("PRAGMA query_only=0")))
-    wait_for(lambda: status() == health_pb2.HealthCheckResponse.SERVING, "health recovers")
+    wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, "health recovers")
     assert s.decision.Decide(priced, timeout=5).route.backend_id == "cloud"
     assert s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5).ledger_available
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)

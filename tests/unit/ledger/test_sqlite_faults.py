@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import random
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -310,76 +307,3 @@ def test_a_directory_in_place_of_the_file_fails_start(tmp_path: Path) -> None:
             await SqliteLedger(path).start()
 
     asyncio.run(body())
-
-
-_START = """
-import asyncio, ctypes, os, sys
-from pathlib import Path
-
-if sys.argv[1] == "drop":
-    # as root: drop the capabilities that let root write what its mode forbids from the bounding
-    # set, then exec again: the new program runs without them
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            print("cannot drop capabilities:", os.strerror(ctypes.get_errno()))
-            sys.exit(3)
-    os.execv(sys.executable, [sys.executable, __file__, "run", sys.argv[2]])
-
-from nexus_grpc.errors import LedgerError
-from nexus_grpc.ledger.sqlite import SqliteLedger
-
-async def main():
-    ledger = SqliteLedger(Path(sys.argv[2]))
-    try:
-        await ledger.start()
-    except LedgerError as exc:
-        print(exc)
-        return
-    await ledger.close()
-    print("started")
-
-asyncio.run(main())
-"""
-
-
-def _start_without_write_permission(path: Path, script: Path) -> str:
-    """Start a ledger on `path` in a process that file modes apply to; return what it printed.
-
-    chmod does not stop root, and tests run as root here: then the process first drops
-    CAP_DAC_OVERRIDE (and its kin) for good, so sqlite meets a genuinely read-only file and
-    directory, as any other user would."""
-    script.write_text(_START)
-    stage = "drop" if os.geteuid() == 0 else "run"
-    done = subprocess.run(
-        [sys.executable, str(script), stage, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if done.returncode == 3:
-        pytest.skip(done.stdout.strip())
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def test_a_read_only_file_fails_start_naming_the_file(tmp_path: Path) -> None:
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    path = folder / "ledger.db"
-
-    async def seed() -> None:
-        ledger = SqliteLedger(path)
-        await ledger.start()
-        await ledger.settle("s", [G], 5, MONTH, estimated=False)
-        await ledger.close()
-
-    asyncio.run(seed())
-    path.chmod(0o444)
-    folder.chmod(0o555)
-    try:
-        outcome = _start_without_write_permission(path, tmp_path / "start.py")
-        assert outcome == f"sqlite ledger {path}: the file is read-only"
-    finally:
-        folder.chmod(0o755)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_grpc.config.schema import QualityConfig, QueueConfig
+from nexus_grpc.config.schema import Policy, QualityConfig, QueueConfig
 from nexus_grpc.domain.decision import Decision, Exclusion, Queue, Reject, Route
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, PrivacyZone, RejectCode
 from nexus_grpc.domain.money import NANO
@@ -12,7 +12,7 @@ from nexus_grpc.domain.request import Outcome
 from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.ledger.base import month_of
-from nexus_grpc.pipeline.executor import MAX_EXCLUSIONS, Pipeline, cap_exclusions
+from nexus_grpc.pipeline.executor import MAX_EXCLUSIONS, Pipeline, cap_exclusions, shown_exclusions
 from nexus_grpc.reconcilers import default_stages
 from nexus_grpc.testing.builders import (
     backend,
@@ -21,6 +21,7 @@ from nexus_grpc.testing.builders import (
     decide,
     engine,
     memory_ledger,
+    policy,
     report,
     request,
     served_outcome,
@@ -114,13 +115,13 @@ def test_queue_for_a_saturated_backend(latency_ms: float, wait_ms: int) -> None:
     ],
 )
 def test_never_queue_for_a_backend_a_policy_excludes(setup: str, code: ExclusionCode) -> None:
-    policies: list[tuple[str, str, int, float | None, bool]] = []
+    policies: list[Policy] = []
     if setup == "privacy":
-        policies.append(("gpt-4*", "restricted", 0, None, True))
+        policies.append(policy("gpt-4*", privacy="restricted"))
     if setup == "tier":
-        policies.append(("gpt-4*", "unrestricted", 3, None, True))
+        policies.append(policy("gpt-4*", privacy="unrestricted", min_tier=3))
     if setup == "cap":
-        policies.append(("gpt-4*", "unrestricted", 0, 0.001, True))
+        policies.append(policy("gpt-4*", privacy="unrestricted", max_cost_usd=0.001))
     cfg = config(
         [backend("cloud", type="openai", tier=1, models=("gpt-4-turbo",))],
         policies=policies,
@@ -268,21 +269,19 @@ def test_unserved_primary_with_an_excluded_fallback_is_fallback_exhausted() -> N
 
 
 @pytest.mark.parametrize(
-    ("policy", "code"),
+    ("primary_policy", "code"),
     [
-        (("secret*", "restricted", 0, None, True), ExclusionCode.PRIVACY_ZONE),
-        (("secret*", "unrestricted", 3, None, True), ExclusionCode.TIER_BELOW_MINIMUM),
+        (policy("secret*", privacy="restricted"), ExclusionCode.PRIVACY_ZONE),
+        (policy("secret*", privacy="unrestricted", min_tier=3), ExclusionCode.TIER_BELOW_MINIMUM),
     ],
 )
-def test_fallback_never_escapes_the_primarys_constraints(
-    policy: tuple[str, str, int, float | None, bool], code: ExclusionCode
-) -> None:
+def test_fallback_never_escapes_the_primarys_constraints(primary_policy: Policy, code: ExclusionCode) -> None:
     cfg = config(
         [
             backend("local", type="ollama", tier=3, models=("secret-model",)),
             backend("cloud", type="openai", tier=1, models=("gpt-4-turbo",)),
         ],
-        policies=[policy],
+        policies=[primary_policy],
         fallbacks={"secret-model": ["gpt-4-turbo"]},
     )
     eng = engine(cfg)
@@ -308,7 +307,7 @@ def test_request_privacy_also_binds_the_fallback() -> None:
 def test_fallback_policy_applies_on_top_of_the_primarys() -> None:
     cfg = config(
         [backend("p", models=("primary",)), backend("cloud", type="openai", models=("backup",))],
-        policies=[("backup", "restricted", 0, None, True)],
+        policies=[policy("backup", privacy="restricted")],
         fallbacks={"primary": ["backup"]},
     )
     eng = engine(cfg)
@@ -319,13 +318,16 @@ def test_fallback_policy_applies_on_top_of_the_primarys() -> None:
 @pytest.mark.parametrize(
     "policies",
     [
-        [("primary", "unrestricted", 0, None, False)],
+        [policy("primary", privacy="unrestricted", fallback_allowed=False)],
         # every matching policy must allow fallbacks
-        [("prim*", "unrestricted", 0, None, True), ("*ary", "unrestricted", 0, None, False)],
+        [
+            policy("prim*", privacy="unrestricted"),
+            policy("*ary", privacy="unrestricted", fallback_allowed=False),
+        ],
     ],
 )
 def test_fallback_allowed_false_stops_fallbacks(
-    policies: list[tuple[str, str, int, float | None, bool]],
+    policies: list[Policy],
 ) -> None:
     cfg = config(
         [backend("p", models=("primary",)), backend("f", models=("backup",))],
@@ -365,7 +367,7 @@ def test_summary_counts_distinct_backends_and_lists_stages_in_pipeline_order() -
             backend("cloud", type="openai", models=("m",)),
             backend("low", tier=1, models=("m",)),
         ],
-        policies=[("m", "restricted", 0, None, True)],
+        policies=[policy("m", privacy="restricted")],
         fallbacks={"m": ["backup"]},
     )
     eng = engine(cfg)
@@ -383,7 +385,7 @@ def test_summary_counts_distinct_backends_and_lists_stages_in_pipeline_order() -
 def test_route_lists_the_exclusions_made_on_the_way() -> None:
     cfg = config(
         [backend("cloud", type="openai"), backend("gpu", priority=90), backend("down", priority=1)],
-        policies=[("m", "restricted", 0, None, True)],
+        policies=[policy("m", privacy="restricted")],
     )
     eng = engine(cfg)
     eng.registry.set_state("down", BackendStatus.UNHEALTHY)
@@ -402,27 +404,48 @@ def _exclusions(n: int) -> tuple[Exclusion, ...]:
     )
 
 
+M = MAX_EXCLUSIONS
+
+
 @pytest.mark.parametrize(
     ("n", "explain", "kept", "omitted"),
-    [(0, False, 0, 0), (50, False, 50, 0), (51, False, 50, 1), (120, False, 50, 70), (120, True, 120, 0)],
+    [
+        (0, False, 0, 0),
+        (M, False, M, 0),
+        (M + 1, False, M, 1),
+        (M + 70, False, M, 70),
+        (M + 70, True, M + 70, 0),
+    ],
 )
-def test_cap_exclusions(n: int, explain: bool, kept: int, omitted: int) -> None:
+def test_cap_exclusions_keeps_the_first_max_exclusions_unless_explaining(
+    n: int, explain: bool, kept: int, omitted: int
+) -> None:
     exclusions = _exclusions(n)
     capped, left_off = cap_exclusions(exclusions, explain)
     assert (len(capped), left_off) == (kept, omitted)
     assert capped == exclusions[:kept]
-    assert MAX_EXCLUSIONS == 50
 
 
-def test_a_decision_keeps_every_exclusion_for_the_adapters_to_cap() -> None:
-    eng = engine(config([backend(f"b{i:02d}") for i in range(60)]))
-    for i in range(60):
-        eng.registry.set_state(f"b{i:02d}", BackendStatus.UNHEALTHY)
-    decision = eng.explain(request("m"))
-    assert reject_of(decision).message == "Request rejected: 60 backends excluded by SchedulerReconciler"
-    capped, omitted = cap_exclusions(decision.exclusions, explain=False)
-    assert (len(capped), omitted) == (50, 10)
-    assert capped[0].backend_id == "b00" and capped[-1].backend_id == "b49"
+@pytest.mark.parametrize("indexed", [True, False])
+def test_a_decision_over_the_cap_carries_max_exclusions_and_counts_the_rest(indexed: bool) -> None:
+    n = MAX_EXCLUSIONS + 10
+    eng = engine(config([backend(f"b{i:03d}") for i in range(n)]), indexed=indexed)
+    for i in range(n):
+        eng.registry.set_state(f"b{i:03d}", BackendStatus.UNHEALTHY)
+    decision = decide(eng, request("m"))
+    assert reject_of(decision).message == f"Request rejected: {n} backends excluded by SchedulerReconciler"
+    shown, omitted = shown_exclusions(decision, explain=False)
+    assert [e.backend_id for e in shown] == [f"b{i:03d}" for i in range(MAX_EXCLUSIONS)]
+    assert omitted == n - MAX_EXCLUSIONS  # what a response says it left off
+
+
+def test_an_explained_decision_carries_every_exclusion() -> None:
+    n = MAX_EXCLUSIONS + 10
+    eng = engine(config([backend(f"b{i:03d}") for i in range(n)]))
+    for i in range(n):
+        eng.registry.set_state(f"b{i:03d}", BackendStatus.UNHEALTHY)
+    shown, omitted = shown_exclusions(eng.explain(request("m")), explain=True)
+    assert ([e.backend_id for e in shown], omitted) == ([f"b{i:03d}" for i in range(n)], 0)
 
 
 def test_pipeline_stage_names_and_counters() -> None:

@@ -6,12 +6,13 @@ import dataclasses
 
 import pytest
 
+from nexus_grpc.config.schema import Policy
 from nexus_grpc.domain.enums import BudgetStatus, PrivacyZone
 from nexus_grpc.domain.money import NANO
 from nexus_grpc.domain.scopes import GLOBAL, scopes_for
 from nexus_grpc.pipeline.budget_views import request_views, scope_view
 from nexus_grpc.pipeline.snapshot import EffectivePolicy, Snapshot, combine_policies
-from nexus_grpc.testing.builders import PolicySpec, backend, budget_config, config, engine
+from nexus_grpc.testing.builders import backend, budget_config, config, engine, policy
 
 USD = NANO
 
@@ -21,31 +22,31 @@ USD = NANO
     [
         ([], ("m",), EffectivePolicy()),
         (
-            [("gpt-4*", "restricted", 2, 1.0, True)],
+            [policy("gpt-4*", privacy="restricted", min_tier=2, max_cost_usd=1.0)],
             ("gpt-4", "llama3:70b"),
             EffectivePolicy(PrivacyZone.RESTRICTED, 2, USD, True, ("gpt-4*",)),
         ),
         (
-            [("gpt-4*", "restricted", 0, None, True)],
+            [policy("gpt-4*", privacy="restricted")],
             ("my-gpt", "llama3:70b"),
             EffectivePolicy(),
         ),
         # strictest-first: restricted beats unrestricted, highest tier, lowest cap, all must allow fallback
         (
             [
-                ("a", "unrestricted", 3, 2.0, True),
-                ("b", "restricted", 1, None, True),
-                ("c", "unrestricted", 2, 0.5, False),
-                ("zzz", "restricted", 5, 0.1, False),  # does not match
+                policy("a", privacy="unrestricted", min_tier=3, max_cost_usd=2.0),
+                policy("b", privacy="restricted", min_tier=1),
+                policy("c", privacy="unrestricted", min_tier=2, max_cost_usd=0.5, fallback_allowed=False),
+                policy(
+                    "zzz", privacy="restricted", min_tier=5, max_cost_usd=0.1, fallback_allowed=False
+                ),  # does not match
             ],
             ("a", "b", "c"),
             EffectivePolicy(PrivacyZone.RESTRICTED, 3, USD // 2, False, ("a", "b", "c")),
         ),
     ],
 )
-def test_combine_policies(
-    policies: list[PolicySpec], chain: tuple[str, ...], expected: EffectivePolicy
-) -> None:
+def test_combine_policies(policies: list[Policy], chain: tuple[str, ...], expected: EffectivePolicy) -> None:
     assert combine_policies(config(policies=policies), chain) == expected
 
 

@@ -43,7 +43,9 @@ def test_every_stage_keeps_the_contract(
 ) -> None:
     fleet = [backend(f"b{i}", type=kind, tier=tiers[i], models=("m",)) for i, kind in enumerate(zones)]
     cfg = config(
-        fleet, policies=[policy("m", "unrestricted", 2)], budget=budget_config(0.01, action="block_cloud")
+        fleet,
+        policies=[policy("m", privacy="unrestricted", min_tier=2)],
+        budget=budget_config(0.01, action="block_cloud"),
     )
     eng = engine(cfg, indexed=False)
     for i, status in enumerate(statuses[: len(fleet)]):

@@ -14,7 +14,7 @@ from nexus_grpc.domain.decision import Decision, Reject, Route
 from nexus_grpc.domain.endpoints import EndpointSubset, endpoint_of
 from nexus_grpc.domain.enums import ExclusionCode, PrivacyZone, RejectCode
 from nexus_grpc.errors import FieldError
-from nexus_grpc.testing.builders import backend, config, decide, engine, request
+from nexus_grpc.testing.builders import backend, config, decide, engine, policy, request
 
 OUTSIDE = ExclusionCode.OUTSIDE_ENDPOINT_SUBSET
 
@@ -82,7 +82,7 @@ def _fleet(strategy: str = "priority_only") -> object:
             ),
         ],
         strategy=strategy,
-        policies=[("secret*",)],
+        policies=[policy("secret*")],
     )
 
 

@@ -1,25 +1,23 @@
-"""PrivacyReconciler: restricted policies and requests keep only restricted backends; fails closed."""
+"""PrivacyReconciler: restricted policies and requests keep only restricted backends. A stage that
+raises (privacy fails closed): test_pipeline_failure_modes."""
 
 from __future__ import annotations
 
 import pytest
 
+from nexus_grpc.config.schema import Policy
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec
-from nexus_grpc.domain.decision import Decision, Reject, Route
+from nexus_grpc.domain.decision import Decision, Reject
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, PrivacyZone, RejectCode
 from nexus_grpc.domain.live import LiveBackend
 from nexus_grpc.domain.money import Price
-from nexus_grpc.pipeline.intent import Intent, Reconciler
+from nexus_grpc.pipeline.intent import Intent
 from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
 from nexus_grpc.reconcilers import (
-    BudgetReconciler,
     PrivacyReconciler,
-    QualityReconciler,
     RequestAnalyzer,
-    SchedulerReconciler,
-    TierReconciler,
 )
-from nexus_grpc.testing.builders import PolicySpec, backend, config, decide, engine, request
+from nexus_grpc.testing.builders import backend, config, engine, policy, request
 
 PRIVACY = "PrivacyReconciler"
 
@@ -48,10 +46,10 @@ def privacy_excluded(decision: Decision) -> dict[str, str]:
     ("policies", "model", "request_privacy", "expected_survivors"),
     [
         # restricted policy excludes open, keeps restricted
-        ([("gpt-4*", "restricted", 0, None, True)], "gpt-4", PrivacyZone.UNSPECIFIED, {"local-1", "local-2"}),
+        ([policy("gpt-4*", privacy="restricted")], "gpt-4", PrivacyZone.UNSPECIFIED, {"local-1", "local-2"}),
         # a policy that does not match the model leaves every backend
         (
-            [("gpt-4*", "restricted", 0, None, True)],
+            [policy("gpt-4*", privacy="restricted")],
             "m",
             PrivacyZone.UNSPECIFIED,
             {"local-1", "cloud-1", "local-2", "cloud-2"},
@@ -60,7 +58,7 @@ def privacy_excluded(decision: Decision) -> dict[str, str]:
         ([], "gpt-4", PrivacyZone.UNSPECIFIED, {"local-1", "cloud-1", "local-2", "cloud-2"}),
         # an explicitly unrestricted policy allows all
         (
-            [("gpt-4*", "unrestricted", 0, None, True)],
+            [policy("gpt-4*", privacy="unrestricted")],
             "gpt-4",
             PrivacyZone.UNSPECIFIED,
             {"local-1", "cloud-1", "local-2", "cloud-2"},
@@ -68,16 +66,16 @@ def privacy_excluded(decision: Decision) -> dict[str, str]:
         # the request can tighten: RESTRICTED on an unrestricted model excludes open backends
         ([], "m", PrivacyZone.RESTRICTED, {"local-1", "local-2"}),
         (
-            [("m", "unrestricted", 0, None, True)],
+            [policy("m", privacy="unrestricted")],
             "m",
             PrivacyZone.RESTRICTED,
             {"local-1", "local-2"},
         ),
         # ... but never relax: OPEN does not undo a restricted policy
-        ([("gpt-4*", "restricted", 0, None, True)], "gpt-4", PrivacyZone.OPEN, {"local-1", "local-2"}),
+        ([policy("gpt-4*", privacy="restricted")], "gpt-4", PrivacyZone.OPEN, {"local-1", "local-2"}),
         # unrestricted + restricted matching the same model: restricted wins
         (
-            [("gpt-*", "unrestricted", 0, None, True), ("gpt-4", "restricted", 0, None, True)],
+            [policy("gpt-*", privacy="unrestricted"), policy("gpt-4", privacy="restricted")],
             "gpt-4",
             PrivacyZone.UNSPECIFIED,
             {"local-1", "local-2"},
@@ -85,7 +83,7 @@ def privacy_excluded(decision: Decision) -> dict[str, str]:
     ],
 )
 def test_privacy_constraint_table(
-    policies: list[PolicySpec],
+    policies: list[Policy],
     model: str,
     request_privacy: PrivacyZone,
     expected_survivors: set[str],
@@ -102,7 +100,7 @@ def test_privacy_constraint_table(
 
 
 def test_privacy_note_records_the_constraint() -> None:
-    eng = engine(config(fleet_of_mixed_zones(), policies=[("gpt-4*", "restricted", 0, None, True)]))
+    eng = engine(config(fleet_of_mixed_zones(), policies=[policy("gpt-4*", privacy="restricted")]))
     restricted = eng.explain(request("gpt-4"))
     open_ = eng.explain(request("m"))
     [r_stage] = [s for s in restricted.stages if s.reconciler == PRIVACY]
@@ -114,7 +112,7 @@ def test_privacy_note_records_the_constraint() -> None:
 
 
 def test_reason_names_both_zones_and_the_model() -> None:
-    eng = engine(config(fleet_of_mixed_zones(), policies=[("gpt-4*", "restricted", 0, None, True)]))
+    eng = engine(config(fleet_of_mixed_zones(), policies=[policy("gpt-4*", privacy="restricted")]))
     reason = privacy_excluded(eng.explain(request("gpt-4")))["cloud-1"]
     assert reason == "backend zone open violates restricted policy for model 'gpt-4'"
 
@@ -135,7 +133,7 @@ def test_reason_names_both_zones_and_the_model() -> None:
 def test_policy_glob_patterns(pattern: str, model: str, restricted: bool) -> None:
     cfg = config(
         [backend("local", models=(model,)), backend("cloud", type="openai", models=(model,))],
-        policies=[(pattern, "restricted", 0, None, True)],
+        policies=[policy(pattern, privacy="restricted")],
     )
     decision = engine(cfg).explain(request(model))
     route = decision.route
@@ -155,7 +153,7 @@ def test_all_excluded_rejects_with_every_reason() -> None:
             backend("cloud-b", type="anthropic", models=("gpt-4",)),
             backend("cloud-c", type="google", models=("gpt-4",)),
         ],
-        policies=[("gpt-4*", "restricted", 0, None, True)],
+        policies=[policy("gpt-4*", privacy="restricted")],
     )
     decision = engine(cfg).explain(request("gpt-4"))
     assert isinstance(decision.verdict, Reject)
@@ -186,7 +184,7 @@ def test_policy_matched_on_every_name_of_the_alias_chain(policy_pattern: str, re
             backend("cloud", type="openai", models=("llama3:70b",)),
         ],
         aliases={"gpt-4": "mid", "mid": "llama3:70b"},
-        policies=[(policy_pattern, "restricted", 0, None, True)],
+        policies=[policy(policy_pattern, privacy="restricted")],
     )
     decision = engine(cfg).explain(request(requested))
     assert decision.resolved_model == "llama3:70b"
@@ -201,7 +199,7 @@ def test_policy_matched_on_every_name_of_the_alias_chain(policy_pattern: str, re
 def _snapshot_and_intent(model: str) -> tuple[Snapshot, Intent]:
     cfg = config(
         [backend("local", models=(model,)), backend("cloud", type="openai", models=(model,))],
-        policies=[("*", "restricted", 0, None, True)],
+        policies=[policy("*", privacy="restricted")],
     )
     eng = engine(cfg)
     snap = eng.snapshot()
@@ -228,61 +226,3 @@ def test_unregistered_candidate_is_treated_as_open() -> None:
     }
     [ghost_reason] = [e.reason for e in intent.exclusions if e.backend_id == "ghost"]
     assert ghost_reason.startswith("backend zone open violates restricted")
-
-
-class ExplodingPrivacy(PrivacyReconciler):
-    def reconcile(self, intent: Intent, snap: Snapshot) -> None:
-        raise RuntimeError("policy table corrupted")
-
-
-def _stages_with(privacy: Reconciler) -> list[Reconciler]:
-    return [
-        RequestAnalyzer(),
-        privacy,
-        BudgetReconciler(),
-        TierReconciler(),
-        QualityReconciler(),
-        SchedulerReconciler(),
-    ]
-
-
-def test_privacy_fault_fails_closed_without_fallbacks() -> None:
-    cfg = config(
-        [
-            backend("local", models=("primary",)),
-            backend("cloud", type="openai", models=("primary",)),
-            backend("spare", models=("backup",)),
-        ],
-        fallbacks={"primary": ["backup"]},
-    )
-    eng = engine(cfg, stages=_stages_with(ExplodingPrivacy()))
-    explained = eng.explain(request("primary"))
-    assert [s.reconciler for s in explained.stages] == ["RequestAnalyzer", PRIVACY]
-    for decision in (explained, decide(eng, request("primary"))):
-        verdict = decision.verdict
-        assert isinstance(verdict, Reject)
-        assert verdict.code == RejectCode.NO_ELIGIBLE_BACKEND
-        assert verdict.message == "Request rejected: 2 backends excluded by PrivacyReconciler"
-        assert [(e.backend_id, e.model, e.reconciler, e.code) for e in decision.exclusions] == [
-            ("local", "primary", PRIVACY, ExclusionCode.INTERNAL_ERROR),
-            ("cloud", "primary", PRIVACY, ExclusionCode.INTERNAL_ERROR),
-        ]
-    assert eng.registry.live["spare"].in_flight == {}
-
-
-def test_privacy_fault_never_queues() -> None:
-    cfg = config([backend("local", models=("m",))])
-    eng = engine(cfg, stages=_stages_with(ExplodingPrivacy()))
-    eng.registry.set_state("local", BackendStatus.LOADING, eta_ms=1000)
-    verdict = eng.explain(request("m")).verdict
-    assert isinstance(verdict, Reject)
-    assert verdict.code == RejectCode.NO_ELIGIBLE_BACKEND
-
-
-def test_working_privacy_stage_routes_the_same_fleet() -> None:
-    """Control for the fail-closed tests: the same fleet routes with the real stage."""
-    cfg = config(
-        [backend("local", models=("primary",)), backend("cloud", type="openai", models=("primary",))]
-    )
-    decision = engine(cfg).explain(request("primary"))
-    assert isinstance(decision.verdict, Route)

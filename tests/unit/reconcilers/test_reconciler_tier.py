@@ -6,7 +6,7 @@ import pytest
 
 from nexus_grpc.domain.decision import Decision, Reject
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, RejectCode, TierMode
-from nexus_grpc.testing.builders import backend, config, engine, request
+from nexus_grpc.testing.builders import backend, config, engine, policy, request
 
 TIER = "TierReconciler"
 
@@ -46,7 +46,7 @@ def survivors(decision: Decision) -> set[str]:
 def test_min_tier_table(policy_min: int, request_min: int, mode: TierMode, kept: set[str]) -> None:
     cfg = config(
         [backend(f"t{t}", tier=t) for t in (1, 2, 3, 4)],
-        policies=[("m", "unrestricted", policy_min, None, True)],
+        policies=[policy("m", privacy="unrestricted", min_tier=policy_min)],
     )
     decision = engine(cfg).explain(request("m", min_tier=request_min, tier_mode=mode))
     assert survivors(decision) == kept
@@ -55,7 +55,9 @@ def test_min_tier_table(policy_min: int, request_min: int, mode: TierMode, kept:
 
 
 def test_strict_reason_text() -> None:
-    cfg = config([backend("low", tier=1), backend("high", tier=3)], policies=[("m", "open", 3, None, True)])
+    cfg = config(
+        [backend("low", tier=1), backend("high", tier=3)], policies=[policy("m", privacy="open", min_tier=3)]
+    )
     [e] = engine(cfg).explain(request("m")).exclusions
     assert e.backend_id == "low"
     assert e.reason == "tier 1 is below minimum tier 3 for model 'm'"
@@ -105,7 +107,7 @@ def test_backends_default_to_tier_1() -> None:
 def test_fallback_keeps_the_primarys_min_tier() -> None:
     cfg = config(
         [backend("big", tier=4, models=("primary",)), backend("small", tier=1, models=("backup",))],
-        policies=[("primary", "open", 4, None, True)],
+        policies=[policy("primary", privacy="open", min_tier=4)],
         fallbacks={"primary": ["backup"]},
     )
     eng = engine(cfg)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from waiting import async_wait_until
 
 from nexus_grpc.config.errors import ConfigError, ConfigIssue
 from nexus_grpc.state.reload import ConfigWatcher, fingerprint
@@ -141,24 +142,23 @@ def test_run_polls_until_cancelled(tmp_path: Path) -> None:
 
     async def main() -> None:
         target = Target(path)
-        looked = asyncio.Event()
-        polls = 0
 
         async def tick(seconds: float) -> None:
-            nonlocal polls
-            polls += 1
-            if polls == 3:
-                path.write_text("v = 2\n")
-            if target.calls:
-                looked.set()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield, not a wait: the test runs between two looks
 
         watcher = ConfigWatcher(path, target.reload, lambda: target.active, sleep=tick)
         task = asyncio.create_task(watcher.run())
-        await asyncio.wait_for(looked.wait(), 10)
+        # the first fingerprint is taken before the first look: a change after it is one to reload
+        await async_wait_until(lambda: watcher.polls >= 1, "the watcher's first look")
+        assert target.calls == []
+        path.write_text("v = 2\n")
+        await async_wait_until(lambda: target.calls, "the watcher reloads the changed file")
+        looked = watcher.polls
+        await async_wait_until(lambda: watcher.polls >= looked + 3, "three more looks")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert target.calls == ["v = 2\n"]
+        assert target.calls == ["v = 2\n"]  # once, not once per look
+        assert watcher.reloads == 1
 
     asyncio.run(main())

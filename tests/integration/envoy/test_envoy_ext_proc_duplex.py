@@ -21,6 +21,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
+from waiting import async_wait_until
 
 from nexus_grpc.app import Runtime, ServeOptions
 from nexus_grpc.config.loader import load_config_text
@@ -196,6 +197,7 @@ def test_the_headers_answer_waits_for_the_body_then_the_body_streams_back_unchan
         reader = asyncio.ensure_future(call.read())
         pieces_in = (raw[:10_000], raw[10_000:70_000], raw[70_000:])
         for i, piece in enumerate(pieces_in):
+            # a negative: nothing to wait on, so a short real pause lets a wrong early answer arrive
             await asyncio.sleep(0.05)
             assert not reader.done()  # no answer while the body arrives
             await call.write(body_msg(piece, end=i == len(pieces_in) - 1))
@@ -257,7 +259,8 @@ def test_trailers_end_the_body_and_no_piece_ends_the_stream() -> None:
         await call.write(headers_msg(content_type="application/json"))
         await call.write(body_msg(b'{"model": "m"}', end=False))
         reader = asyncio.ensure_future(call.read())
-        await asyncio.sleep(0.2)
+        # a negative: nothing to wait on, so a short real pause lets a wrong early answer arrive
+        await asyncio.sleep(0.05)
         assert not reader.done()  # the body has not ended yet
         await call.write(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()))
         first = await asyncio.wait_for(reader, 5)
@@ -446,8 +449,7 @@ def test_a_response_cut_off_after_its_headers_keeps_the_status_and_frees_the_slo
         await call.write(response_headers_msg(200))
         await call.read()
         call.cancel()  # the client went away mid-response
-        await asyncio.sleep(0.2)
-        assert in_flight(runtime) == 0
+        await async_wait_until(lambda: in_flight(runtime) == 0, "the cancelled stream frees its slot")
         now = runtime.engine.clock()
         assert runtime.registry.live["a"].stats.snapshot(now)[:2] == (1, 0)  # one outcome, no failure
 

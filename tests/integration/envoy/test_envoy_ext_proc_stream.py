@@ -17,6 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth_pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from waiting import async_wait_until
 
 from nexus_grpc.app import Runtime, ServeOptions
 from nexus_grpc.config.loader import load_config_text
@@ -138,11 +139,7 @@ def test_cancelled_stream_reports_a_failure_and_frees_the_slot() -> None:
         await call.read()
         assert in_flight(runtime) == 1
         call.cancel()
-        for _ in range(100):
-            if in_flight(runtime) == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert in_flight(runtime) == 0
+        await async_wait_until(lambda: in_flight(runtime) == 0, "the cancelled stream frees its slot")
         assert envoy_stats(runtime.engine).closed_without_response == 1
         assert runtime.registry.live["solo"].stats.snapshot(runtime.engine.clock())[:2] == (1, 1)
 
@@ -158,11 +155,9 @@ def test_a_held_stream_that_is_cancelled_leaves_nothing_behind() -> None:
         await held.write(headers_msg(x_nexus_model="m"))
         assert (await held.read()).HasField("override_message_timeout")
         held.cancel()
-        for _ in range(500):  # until the server has seen the cancellation and ended the hold
-            if runtime.state.streams_active == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert runtime.state.streams_active == 1
+        await async_wait_until(
+            lambda: runtime.state.streams_active == 1, "the server sees the cancellation and ends the hold"
+        )
         await first.write(response_headers_msg(200))
         await first.read()
         await first.done_writing()
