@@ -63,15 +63,17 @@ def start_watchers(
     watch_config: bool,
     reload: Callable[[], Awaitable[object]],
     version: Callable[[], str],
-) -> list[asyncio.Task[None]]:
-    """Active health probes, the config file watch, and the other workers' admin changes."""
+) -> tuple[list[asyncio.Task[None]], ConfigWatcher | None]:
+    """Active health probes, the config file watch, and the other workers' admin changes; the
+    tasks, and the config watcher when there is one."""
     tasks = [asyncio.create_task(prober.run(), name="nexus-health-probes")]
     if registry_servicer.sync is not None:
         tasks.append(asyncio.create_task(replay_admin_changes(registry_servicer), name="nexus-admin-sync"))
+    watcher = None
     if config_path is not None and watch_config:
         watcher = ConfigWatcher(config_path, reload, version)
         tasks.append(asyncio.create_task(watcher.run(), name="nexus-config-watch"))
-    return tasks
+    return tasks, watcher
 
 
 async def replay_admin_changes(registry_servicer: RegistryServicer) -> None:

@@ -36,6 +36,7 @@ from nexus_grpc.servicers.registry import RegistryServicer
 from nexus_grpc.state.admin_sync import AdminSync
 from nexus_grpc.state.health import HealthProber
 from nexus_grpc.state.registry import Registry
+from nexus_grpc.state.reload import ConfigWatcher
 from nexus_grpc.state.server import ServerState
 from nexus_grpc.telemetry.otlp_metrics import OtlpMetrics
 from nexus_grpc.telemetry.readings import Readings
@@ -89,6 +90,7 @@ class Runtime:
         self.port = 0
         self.server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.config_watcher: ConfigWatcher | None = None  # `[server] watch_config` with a config file
         self._stopped = asyncio.Event()
         self._hurry = asyncio.Event()  # a second SIGTERM/SIGINT: skip what is left of drain and grace
         self._hurried: asyncio.Future[None] | None = None
@@ -198,7 +200,7 @@ class Runtime:
         self._tasks = [
             asyncio.create_task(upkeep(self.engine, check_ledger, demo=self.demo), name="nexus-upkeep")
         ]
-        self._tasks += start_watchers(
+        watchers, self.config_watcher = start_watchers(
             self.prober,
             self.registry_servicer,
             config_path=self.config_path,
@@ -206,6 +208,7 @@ class Runtime:
             reload=self.reload,
             version=lambda: self.config.version,
         )
+        self._tasks += watchers
         if config.health_check.enabled:  # SERVING once the first probe round has finished
             self._tasks.append(asyncio.create_task(self._serve_after_probes(), name="nexus-first-probes"))
         else:

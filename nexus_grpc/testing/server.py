@@ -39,7 +39,6 @@ from nexus_grpc.state.reload import ConfigWatcher
 T = TypeVar("T")
 
 DEFAULT_LISTEN = "127.0.0.1:0"
-WATCH_TASK = "nexus-config-watch"  # the name the Runtime gives the watcher's task
 
 
 class TestServerError(RuntimeError):
@@ -112,19 +111,8 @@ class TestServer:
 
     @property
     def config_watcher(self) -> ConfigWatcher:
-        """The runtime's `[server] watch_config` watcher (its `polls` count its looks at the file).
-        The Runtime keeps no reference to it: it is found as the `self` of its task's coroutine."""
-
-        async def find() -> ConfigWatcher | None:
-            for task in asyncio.all_tasks():
-                frame = getattr(task.get_coro(), "cr_frame", None)
-                if task.get_name() == WATCH_TASK and frame is not None:
-                    found = frame.f_locals.get("self")
-                    if isinstance(found, ConfigWatcher):
-                        return found
-            return None
-
-        watcher = self.run(find())
+        """The runtime's `[server] watch_config` watcher (its `polls` count its looks at the file)."""
+        watcher = self.runtime.config_watcher
         if watcher is None:
             raise TestServerError("the server watches no config file ([server] watch_config, config_path)")
         return watcher
