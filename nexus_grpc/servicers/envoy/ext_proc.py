@@ -44,6 +44,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2, struct_pb2
 from opentelemetry.trace import Span
 
+from nexus_grpc.config.loader import endpoint_picker_issues
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.endpoints import EndpointSubset, endpoint_of
 from nexus_grpc.domain.enums import Priority
@@ -170,12 +171,14 @@ class Exchange:
         send: Send,
         tracing: Tracing | None = None,
         overloaded: Callable[[], bool] = lambda: False,
+        on_picking: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.stats = stats
         self.send = send
         self.tracing = tracing  # set: the decision and its outcome are spans
         self.overloaded = overloaded  # near max_concurrent_streams: shed all but HIGH priority
+        self.on_picking = on_picking  # called when the stream turns out an endpoint picker's
         self.trace_headers: dict[str, str] = {}  # the request's own traceparent / tracestate
         self.span: Span | None = None  # the decision's span, the parent of its outcome's
         self.configured = False  # the first message's protocol_config was read
@@ -250,6 +253,8 @@ class Exchange:
         elif self.duplex_request:
             subset = EndpointSubset()  # an endpoint-picking gateway: ip:port endpoints only
         self.subset = subset
+        if subset is not None:
+            self.on_picking()
         if msg.request_headers.end_of_stream:  # no body: the headers are the whole request
             return [await self._decide("request_headers")]
         if self.duplex_request:
@@ -616,11 +621,24 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.tracing = tracing  # the server's tracer, once telemetry has started (or None)
         self.overloaded = overloaded  # near max_concurrent_streams: shed all but HIGH priority
         self._closing: set[asyncio.Task[None]] = set()
+        self._picker_checked = ""  # the config version whose backends were checked for picking
+
+    def _picking(self) -> None:
+        """The first endpoint-picking stream of a configuration logs, once, the backends such a
+        gateway can never be sent to (hostname URLs): only now is it known that one picks here."""
+        config = self.engine.config
+        if config.version == self._picker_checked:
+            return
+        self._picker_checked = config.version
+        for issue in endpoint_picker_issues(config):
+            log.warning("ext_proc: an endpoint-picking gateway asks: %s", issue)
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        exchange = Exchange(self.engine, self.stats, context.write, self.tracing(), self.overloaded)
+        exchange = Exchange(
+            self.engine, self.stats, context.write, self.tracing(), self.overloaded, self._picking
+        )
         try:
             async for msg in request_iterator:
                 try:
