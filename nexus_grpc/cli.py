@@ -71,16 +71,24 @@ def _announce(runtime: Runtime) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from nexus_grpc.config.loader import check_config
+    from nexus_grpc.config.loader import check_config, endpoint_picker_issues
 
     config, errors, warnings = check_config(args.file)
+    picker = list(endpoint_picker_issues(config)) if config is not None and args.endpoint_picker else []
     for w in warnings:
         print(f"warning: {w}")
-    for e in errors:
+    for e in errors + picker:
         print(f"error: {e}", file=sys.stderr)
     if errors:
         print(
             f"{args.file}: {plural(len(errors), 'error')}; the server would refuse to start", file=sys.stderr
+        )
+        return 1
+    if picker:
+        print(
+            f"{args.file}: {plural(len(picker), 'error')} for an endpoint picker: the server would start, "
+            "but an endpoint-picking gateway can never be sent to these backends",
+            file=sys.stderr,
         )
         return 1
     assert config is not None
@@ -159,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a configuration file")
     c.add_argument("file")
+    c.add_argument(
+        "--endpoint-picker",
+        action="store_true",
+        help="check it as an InferencePool endpoint picker's: every backend must be an IP:port "
+        "pool endpoint (a backend whose URL host is a name is an error)",
+    )
     c.set_defaults(func=_check)
 
     d = sub.add_parser(

@@ -8,6 +8,7 @@ from nexus_grpc.config import _files
 from nexus_grpc.config._reader import Context, Issues, quote_key, shown
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.backend import BACKEND_TYPES
+from nexus_grpc.domain.endpoints import endpoint_of
 from nexus_grpc.domain.enums import PrivacyZone
 from nexus_grpc.domain.money import MAX_AMOUNT_NANO, NANO, Price
 from nexus_grpc.domain.validate import RESERVED_TENANTS
@@ -228,4 +229,23 @@ def warnings(config: Config, file: str) -> tuple[str, ...]:
                     f"routing.fallbacks.{quote_key(key)}[{index}]",
                     f"fallback model {model!r} is declared by no backend",
                 )
+    return tuple(str(issue) for issue in found.items)
+
+
+def endpoint_picker_issues(config: Config) -> tuple[str, ...]:
+    """The backends an endpoint-picking gateway can never be sent to: those whose URL host is a
+    name, not an IP literal (the gateway routes to `ip:port`; names are never resolved, since a
+    name may resolve to another server than the one the policy judged). Not among `warnings`:
+    whether a gateway picks endpoints is known per request (full-duplex ext_proc, or an endpoint
+    subset), and the same server may serve an Envoy that routes such backends by name."""
+    found = Issues(config.source)
+    for index, backend in enumerate(config.backends):
+        if endpoint_of(backend.url) is None:
+            found.add(
+                f"backends[{index}].url",
+                f"backend {backend.id!r}: the host of {backend.url!r} is a name, not an IP literal: "
+                "an endpoint-picking gateway (an InferencePool's) is never sent to it, so its "
+                "requests never route here; give it the model server's IP:port, or route it by "
+                "x-nexus-backend through an Envoy on deploy/envoy/ext_proc.yaml",
+            )
     return tuple(str(issue) for issue in found.items)

@@ -21,7 +21,17 @@ from nexus_grpc.config.errors import ConfigError, ConfigIssue
 from nexus_grpc.config.schema import Config, Settings
 from nexus_grpc.domain.money import BUILTIN_PRICES
 
-__all__ = ["ConfigError", "ConfigIssue", "check_config", "keys_read", "load_config", "load_config_text"]
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "check_config",
+    "endpoint_picker_issues",
+    "keys_read",
+    "load_config",
+    "load_config_text",
+]
+
+endpoint_picker_issues = _checks.endpoint_picker_issues
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a configuration file larger than this is refused unread
@@ -81,7 +91,8 @@ def load_config_text(text: str, source: str = "<string>", base_dir: Path | None 
 
 
 def check_config(path: str | Path) -> tuple[Config | None, list[str], list[str]]:
-    """What `nexus-grpc check-config FILE` prints: (config or None, errors, warnings)."""
+    """What `nexus-grpc check-config FILE` prints: (config or None, errors, warnings); with
+    `--endpoint-picker` it adds `endpoint_picker_issues` as errors."""
     try:
         config = load_config(path)
     except ConfigError as exc:

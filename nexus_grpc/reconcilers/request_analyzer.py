@@ -25,8 +25,9 @@ def subset_rule(fleet: Fleet, c: Candidate, model: str, subset: EndpointSubset) 
             "picks endpoints can only be sent to an ip:port"
         )
         action = (
-            "give the backend an IP-literal URL (its pod or server address), or route hostname "
-            "backends by x-nexus-backend (deploy/envoy/ext_proc.yaml)"
+            "give the backend an IP-literal URL (its pod or server address; names are never "
+            "resolved), or route hostname backends by x-nexus-backend (deploy/envoy/ext_proc.yaml); "
+            "`nexus-grpc check-config --endpoint-picker FILE` lists every such backend"
         )
     else:
         shown = str(subset)

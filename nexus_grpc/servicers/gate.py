@@ -10,13 +10,17 @@
   loopback only; with a client token configured, data-plane RPCs need it;
 - unary RPCs and streams (Envoy ext_proc streams, which also carry Queue holds) have separate
   budgets: slow HTTP clients holding streams can never starve direct callers, and beyond its
-  budget an RPC is refused at once with RESOURCE_EXHAUSTED.
+  budget an RPC is refused at once with RESOURCE_EXHAUSTED — or, for a method with a shed
+  answer (the Envoy adapters: an HTTP 429 Envoy can pass on), with that answer: a unary RPC's
+  to its request, a stream's to its first message (read within SHED_FIRST_MESSAGE_S, by at most
+  `max_streams` such streams at a time), without running the servicer.
 
 Health and reflection stay open: probes must work whatever the gate thinks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import logging
@@ -43,6 +47,13 @@ ADMIN_METHODS = frozenset(
     }
 )
 MALFORMED_LOG_INTERVAL = 10.0  # seconds between log lines about malformed messages
+# How long a stream over its budget may take to send the first message its shed answer replies
+# to (Envoy sends the request headers as it opens the stream); then RESOURCE_EXHAUSTED.
+SHED_FIRST_MESSAGE_S = 2.0
+
+# A method's answer beyond its budget: (the request or the stream's first message, the refusal's
+# text) → the response to send instead of RESOURCE_EXHAUSTED, or None to refuse after all.
+ShedAnswer = Callable[[Any, str], Any]
 
 
 class Malformed:
@@ -99,6 +110,7 @@ class Gate:
         self.state = state
         self.malformed = malformed or MalformedLog()
         self.tracing = tracing  # set: every RPC wrapped after this gets a SERVER span
+        self.shed_answers: dict[str, ShedAnswer] = {}  # full method name → its answer beyond budget
 
     def refusal(self, method: str, context: Ctx) -> tuple[grpc.StatusCode, str] | None:
         """Why this RPC may not run, or None."""
@@ -152,10 +164,14 @@ class Gate:
                 self.malformed(method, request.error)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
             if st.unary_active >= st.max_unary:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"server at max_concurrent_rpcs ({st.max_unary} unary RPCs in progress); retry shortly",
+                detail = (
+                    f"server at max_concurrent_rpcs ({st.max_unary} unary RPCs in progress); retry shortly"
                 )
+                shed = self.shed_answers.get(method)
+                answer = shed(request, detail) if shed is not None else None
+                if answer is not None:
+                    return answer
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, detail)
             st.unary_active += 1
             try:
                 return await inner(request, context)
@@ -172,15 +188,20 @@ class Gate:
             (True, True): handler.stream_stream,
         }[(handler.request_streaming, handler.response_streaming)]
 
-        async def admit(context: Ctx) -> None:
+        async def admit(request: Any, context: Ctx) -> Any:
+            """None: the stream may run; else the shed answer to send instead (over budget)."""
             denied = self.refusal(method, context)
             if denied is not None:
                 await context.abort(*denied)
-            if st.streams_active >= st.max_streams:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"server at max_concurrent_streams ({st.max_streams} streams in progress); retry shortly",
-                )
+            if st.streams_active < st.max_streams:
+                return None
+            detail = f"server at max_concurrent_streams ({st.max_streams} streams in progress); retry shortly"
+            shed = self.shed_answers.get(method)
+            if shed is not None and st.streams_shedding < st.max_streams:
+                answer = await _shed_stream(st, shed, request, handler.request_streaming, detail)
+                if answer is not None:
+                    return answer
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, detail)
 
         def checked(request: Any, context: Ctx) -> Any:
             if not handler.request_streaming:
@@ -200,7 +221,10 @@ class Gate:
         if inspect.isasyncgenfunction(inner):
 
             async def generator(request: Any, context: Ctx) -> AsyncIterator[Any]:
-                await admit(context)
+                shed = await admit(request, context)
+                if shed is not None:
+                    yield shed
+                    return
                 st.streams_active += 1
                 try:
                     async for item in inner(checked(request, context), context):
@@ -211,7 +235,12 @@ class Gate:
             return generator
 
         async def coroutine(request: Any, context: Ctx) -> Any:
-            await admit(context)
+            shed = await admit(request, context)
+            if shed is not None:
+                if handler.response_streaming:
+                    await context.write(shed)
+                    return None
+                return shed
             st.streams_active += 1
             try:
                 return await inner(checked(request, context), context)
@@ -219,6 +248,25 @@ class Gate:
                 st.streams_active -= 1
 
         return coroutine
+
+
+async def _shed_stream(
+    st: ServerState, shed: ShedAnswer, request: Any, request_streaming: bool, detail: str
+) -> Any:
+    """The shed answer of a stream over its budget, to its first message (None: no message came
+    in time, or it was malformed)."""
+    st.streams_shedding += 1
+    try:
+        if request_streaming:
+            try:
+                first = await asyncio.wait_for(anext(aiter(request)), SHED_FIRST_MESSAGE_S)
+            except (StopAsyncIteration, TimeoutError):
+                return None
+        else:
+            first = request
+        return None if type(first) is Malformed else shed(first, detail)
+    finally:
+        st.streams_shedding -= 1
 
 
 def _traced(tracing: Tracing, method: str, behavior: Any) -> Any:

@@ -28,6 +28,7 @@ class ServerState:
     refusing: bool = False  # new RPCs get UNAVAILABLE
     unary_active: int = 0  # unary RPCs in progress, this one included
     streams_active: int = 0  # streaming RPCs in progress (Envoy ext_proc streams, Queue holds)
+    streams_shedding: int = 0  # streams over budget waiting for the first message to answer
     reload_failures: int = 0
     unavailable_reasons: list[str] = field(default_factory=list)
 
@@ -45,6 +46,11 @@ class ServerState:
         """Above SHED_FRACTION of the unary budget normal-priority decisions are shed, so that
         PRIORITY_HIGH ones still get through; beyond the budget every RPC is refused."""
         return self.unary_active > max(1, int(self.max_unary * SHED_FRACTION))
+
+    def streams_overloaded(self) -> bool:
+        """The same line for streams (Envoy ext_proc): above SHED_FRACTION of the stream budget
+        normal-priority decisions are shed."""
+        return self.streams_active > max(1, int(self.max_streams * SHED_FRACTION))
 
 
 @functools.lru_cache(maxsize=64)

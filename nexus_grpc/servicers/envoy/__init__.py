@@ -35,23 +35,31 @@ def envoy_stats(engine: DecisionEngine) -> EnvoyStats:
 
 def add_envoy_servicers(engine: DecisionEngine, server: grpc.aio.Server, gate: Gate) -> tuple[str, ...]:
     """Register ExternalProcessor and Authorization behind the gate; returns their names. Their
-    decisions are traced while the gate traces (its tracer is set once telemetry starts)."""
+    decisions are traced while the gate traces (its tracer is set once telemetry starts).
+
+    Shed requests get the HTTP 429 of the endpoint-picker protocol, never a gRPC error (which
+    Envoy turns into its `status_on_error`): beyond its budget a stream or Check gets it from the
+    gate, and near it (as for Decide) a normal-priority decision is shed with it."""
     stats = envoy_stats(engine)
+    state = gate.state
 
     def tracing() -> Tracing | None:
         return gate.tracing
+
+    gate.shed_answers[f"/{ext_proc.SERVICE_NAME}/Process"] = ext_proc.shed_answer(engine, stats)
+    gate.shed_answers[f"/{ext_authz.SERVICE_NAME}/Check"] = ext_authz.shed_answer(engine, stats)
 
     return (
         register(
             server,
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server,
-            ext_proc.ExtProcServicer(engine, stats, tracing),
+            ext_proc.ExtProcServicer(engine, stats, tracing, state.streams_overloaded),
             gate,
         ),
         register(
             server,
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
-            ext_authz.ExtAuthzServicer(engine, stats, tracing),
+            ext_authz.ExtAuthzServicer(engine, stats, tracing, state.overloaded),
             gate,
         ),
     )

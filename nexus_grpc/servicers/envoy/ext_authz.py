@@ -24,6 +24,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 
 from nexus_grpc.domain.decision import Queue, Reject
+from nexus_grpc.domain.enums import Priority
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.errors import LedgerError, Overloaded
 from nexus_grpc.servicers.envoy import responses
@@ -81,16 +82,30 @@ def request_body(request: Any) -> bytes:
     return bytes(http.raw_body) if http.raw_body else http.body.encode("utf-8", "surrogateescape")
 
 
+def shed_answer(engine: DecisionEngine, stats: EnvoyStats) -> Callable[[Any, str], Any]:
+    """The gate's answer to a Check over `[server] max_concurrent_rpcs`: the denied 429 every
+    shed request gets, without deciding."""
+
+    def answer(request: Any, detail: str) -> Any:
+        rid = request_id(request_headers(request).get("x-request-id"), engine.config.limits.max_id_len)
+        stats.shed += 1
+        return denied(responses.error_reply(Overloaded(detail), rid))
+
+    return answer
+
+
 class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
     def __init__(
         self,
         engine: DecisionEngine,
         stats: EnvoyStats | None = None,
         tracing: Callable[[], Tracing | None] = lambda: None,
+        overloaded: Callable[[], bool] = lambda: False,
     ) -> None:
         self.engine = engine
         self.stats = stats or EnvoyStats()
         self.tracing = tracing  # the server's tracer, once telemetry has started (or None)
+        self.overloaded = overloaded  # near max_concurrent_rpcs: shed all but HIGH priority
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         headers = request_headers(request)
@@ -99,6 +114,8 @@ class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             return await self._check(request, headers, rid)
         except (LedgerError, Overloaded) as exc:
             log.warning("ext_authz: %s (request id %s)", exc, rid)
+            if isinstance(exc, Overloaded):
+                self.stats.shed += 1
             return denied(responses.error_reply(exc, rid))
         except Exception:
             log.exception("ext_authz: internal error (request id %s)", rid)
@@ -117,6 +134,8 @@ class ExtAuthzServicer(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             decide_request = build_request(fields, config)
         except HeaderError as exc:
             return denied(responses.bad_request_reply(exc))
+        if decide_request.priority != Priority.HIGH and self.overloaded():
+            raise Overloaded("server near max_concurrent_rpcs: shedding normal-priority decisions")
         tracing = self.tracing()
         if tracing is None:
             decision = await engine.decide(decide_request, take_slot=False)

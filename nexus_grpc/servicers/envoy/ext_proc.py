@@ -44,6 +44,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2, struct_pb2
 from opentelemetry.trace import Span
 
+from nexus_grpc.config.loader import endpoint_picker_issues
 from nexus_grpc.domain.decision import Decision, Queue, Reject, Route
 from nexus_grpc.domain.endpoints import EndpointSubset, endpoint_of
 from nexus_grpc.domain.enums import Priority
@@ -62,6 +63,7 @@ from nexus_grpc.servicers.envoy.mapping import (
     build_request,
     endpoint_subset,
     fields_from_headers,
+    request_id,
     rewrite_model,
     served_endpoint,
     stream_usage_tokens,
@@ -168,11 +170,15 @@ class Exchange:
         stats: EnvoyStats,
         send: Send,
         tracing: Tracing | None = None,
+        overloaded: Callable[[], bool] = lambda: False,
+        on_picking: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.stats = stats
         self.send = send
         self.tracing = tracing  # set: the decision and its outcome are spans
+        self.overloaded = overloaded  # near max_concurrent_streams: shed all but HIGH priority
+        self.on_picking = on_picking  # called when the stream turns out an endpoint picker's
         self.trace_headers: dict[str, str] = {}  # the request's own traceparent / tracestate
         self.span: Span | None = None  # the decision's span, the parent of its outcome's
         self.configured = False  # the first message's protocol_config was read
@@ -247,6 +253,8 @@ class Exchange:
         elif self.duplex_request:
             subset = EndpointSubset()  # an endpoint-picking gateway: ip:port endpoints only
         self.subset = subset
+        if subset is not None:
+            self.on_picking()
         if msg.request_headers.end_of_stream:  # no body: the headers are the whole request
             return [await self._decide("request_headers")]
         if self.duplex_request:
@@ -343,6 +351,8 @@ class Exchange:
             request = build_request(self.fields, self.engine.config, self.subset)
         except HeaderError as exc:
             return immediate(responses.bad_request_reply(exc))
+        if request.priority != Priority.HIGH and self.overloaded():
+            raise Overloaded("server near max_concurrent_streams: shedding normal-priority decisions")
         if self.tracing is None:
             return await self._answer(phase, request)
         with self.tracing.linked("nexus.decide", self.trace_headers) as span:
@@ -583,22 +593,52 @@ class Exchange:
             log.exception("ext_proc: reporting a closed stream failed (request id %s)", rid)
 
 
+def shed_answer(engine: DecisionEngine, stats: EnvoyStats) -> Callable[[Any, str], Any]:
+    """The gate's answer to a stream over `[server] max_concurrent_streams`, given its first
+    message (the request headers): the 429 every shed request gets, without deciding."""
+
+    def answer(msg: Any, detail: str) -> Any:
+        if msg.WhichOneof("request") is None:
+            return None
+        headers = header_map(msg.request_headers.headers) if msg.HasField("request_headers") else {}
+        rid = request_id(headers.get("x-request-id"), engine.config.limits.max_id_len)
+        stats.shed += 1
+        return immediate(responses.error_reply(Overloaded(detail), rid))
+
+    return answer
+
+
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(
         self,
         engine: DecisionEngine,
         stats: EnvoyStats,
         tracing: Callable[[], Tracing | None] = lambda: None,
+        overloaded: Callable[[], bool] = lambda: False,
     ) -> None:
         self.engine = engine
         self.stats = stats
         self.tracing = tracing  # the server's tracer, once telemetry has started (or None)
+        self.overloaded = overloaded  # near max_concurrent_streams: shed all but HIGH priority
         self._closing: set[asyncio.Task[None]] = set()
+        self._picker_checked = ""  # the config version whose backends were checked for picking
+
+    def _picking(self) -> None:
+        """The first endpoint-picking stream of a configuration logs, once, the backends such a
+        gateway can never be sent to (hostname URLs): only now is it known that one picks here."""
+        config = self.engine.config
+        if config.version == self._picker_checked:
+            return
+        self._picker_checked = config.version
+        for issue in endpoint_picker_issues(config):
+            log.warning("ext_proc: an endpoint-picking gateway asks: %s", issue)
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        exchange = Exchange(self.engine, self.stats, context.write, self.tracing())
+        exchange = Exchange(
+            self.engine, self.stats, context.write, self.tracing(), self.overloaded, self._picking
+        )
         try:
             async for msg in request_iterator:
                 try:
@@ -606,6 +646,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 except (LedgerError, Overloaded) as exc:
                     rid = exchange.fields.request_id if exchange.fields else "-"
                     log.warning("ext_proc: %s (request id %s)", exc, rid)
+                    if isinstance(exc, Overloaded):
+                        self.stats.shed += 1
                     answers = [immediate(responses.error_reply(exc, rid))]
                 except Exception:
                     rid = exchange.fields.request_id if exchange.fields else "-"

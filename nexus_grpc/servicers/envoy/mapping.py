@@ -92,6 +92,7 @@ class EnvoyStats:
     subsets_seen: int = 0  # requests that carried an endpoint subset
     served_elsewhere: int = 0  # the gateway served another endpoint than routed (an alternate)
     served_unknown: int = 0  # the served endpoint was unreadable or not the Route's: kept the routed
+    shed: int = 0  # requests answered 429 as shed: over a budget, or normal priority near it
 
 
 @dataclass(slots=True)

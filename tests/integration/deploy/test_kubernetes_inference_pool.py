@@ -212,7 +212,7 @@ def test_the_configmap_toml_passes_check_config(
     text = text.replace(toml["ledger"]["path"], str(tmp_path / "journal.db"))
     path = tmp_path / "nexus.toml"
     path.write_text(text)
-    assert cli.main(["check-config", str(path)]) == 0
+    assert cli.main(["check-config", "--endpoint-picker", str(path)]) == 0  # every backend by IP:port
     out = capsys.readouterr().out
     assert out.startswith(f"{path}: OK (") and out.rstrip().endswith(", 0 warnings)"), out
     config, errors, warnings = check_config(path)

@@ -362,6 +362,7 @@ def make_stack_factory(closers: list[Callable[[], None]]) -> StackFactory:
 POOL_TOML = """\
 [server]
 admin_token_env = "NEXUS_ENVOY_TEST_UNSET_TOKEN"
+{server_extra}
 
 [server.tls]
 cert = "{cert}"
@@ -474,7 +475,8 @@ class PoolStack(Stack):
 
 
 def make_pool_stack_factory(closers: list[Callable[[], None]], tmp: Path) -> Callable[..., PoolStack]:
-    """make(nexus_up=True, subset_filter=True) → a running PoolStack: five upstreams (the three
+    """make(nexus_up=True, subset_filter=True, server_extra="") → a running PoolStack (`server_extra`:
+    lines added to nexus-grpc's [server] table): five upstreams (the three
     pool endpoints gpu-1, gpu-2, open-1; `cloud`, a hostname backend; `stray`, an IP backend
     outside the pool), nexus-grpc on TLS with a dev certificate, and Envoy on
     inference-pool.yaml (plus the test subset filter)."""
@@ -482,7 +484,7 @@ def make_pool_stack_factory(closers: list[Callable[[], None]], tmp: Path) -> Cal
 
     made = write_dev_cert(tmp / "tls", ("localhost", "127.0.0.1"), days=2, force=True)
 
-    def make(*, nexus_up: bool = True, subset_filter: bool = True) -> PoolStack:
+    def make(*, nexus_up: bool = True, subset_filter: bool = True, server_extra: str = "") -> PoolStack:
         names = (*POOL, "cloud", "stray")
         upstreams = {name: UpstreamServer(name).start() for name in names}
         closers.extend(u.stop for u in upstreams.values())
@@ -491,6 +493,7 @@ def make_pool_stack_factory(closers: list[Callable[[], None]], tmp: Path) -> Cal
         if nexus_up:
             nexus = NexusThread(
                 POOL_TOML.format(
+                    server_extra=server_extra,
                     cert=made.cert,
                     key=made.key,
                     gpu1=upstreams["gpu-1"].url,

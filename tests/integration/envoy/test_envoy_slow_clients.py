@@ -58,13 +58,16 @@ def test_slow_body_clients_never_lock_direct_callers_out(make_stack: StackFactor
     assert decided >= 10
     statuses = sorted(r.status or 0 for r in results)
     # the streams within the budget end with Envoy's 408 at the request timeout, not a hang; the
-    # ones over it were refused at once and Envoy answered with status_on_error
-    assert statuses == [408] * STREAMS + [503] * (SLOW_CLIENTS - STREAMS), statuses
+    # ones over it were shed at once: nexus-grpc's 429 (JSON body, retry-after), not a gRPC error
+    assert statuses == [408] * STREAMS + [429] * (SLOW_CLIENTS - STREAMS), statuses
     for r in results:
         if r.status == 408:  # ended by Envoy's request timeout, the behaviour under test
             assert REQUEST_TIMEOUT_S - 0.5 <= r.elapsed < REQUEST_TIMEOUT_S + 5
-        else:  # refused at once: well before the request timeout
+        else:  # shed at once: well before the request timeout
             assert r.elapsed < REQUEST_TIMEOUT_S / 2
+            head = r.head.lower()
+            assert b"\r\ncontent-type: application/json" in head and b"\r\nretry-after: 1" in head
+    assert nx.stats.shed == SLOW_CLIENTS - STREAMS
     assert stack.received() == {"gpu-1": 0, "gpu-2": 0, "openai": 0}
     # and all is released: the next request is served
     wait_until(lambda: nx.runtime.state.streams_active == 0, "every stream released", timeout=5)
