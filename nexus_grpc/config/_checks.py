@@ -44,6 +44,8 @@ def cross_references(config: Config, ctx: Context) -> None:
     _names(config, ctx)
     _prices(config, issues)
     _not_supported_yet(config, issues)
+    if config.envoy.endpoint_picker:
+        issues.items.extend(_endpoint_picker(config).items)
     if config.ledger.kind == "memory" and config.server.workers > 1:
         issues.add(
             "ledger.kind",
@@ -235,9 +237,14 @@ def warnings(config: Config, file: str) -> tuple[str, ...]:
 def endpoint_picker_issues(config: Config) -> tuple[str, ...]:
     """The backends an endpoint-picking gateway can never be sent to: those whose URL host is a
     name, not an IP literal (the gateway routes to `ip:port`; names are never resolved, since a
-    name may resolve to another server than the one the policy judged). Not among `warnings`:
-    whether a gateway picks endpoints is known per request (full-duplex ext_proc, or an endpoint
-    subset), and the same server may serve an Envoy that routes such backends by name."""
+    name may resolve to another server than the one the policy judged). Errors at load with
+    `[envoy] endpoint_picker = true`; otherwise not among `warnings`: whether a gateway picks
+    endpoints is known per request (full-duplex ext_proc, or an endpoint subset), and the same
+    server may serve an Envoy that routes such backends by name."""
+    return tuple(str(issue) for issue in _endpoint_picker(config).items)
+
+
+def _endpoint_picker(config: Config) -> Issues:
     found = Issues(config.source)
     for index, backend in enumerate(config.backends):
         if endpoint_of(backend.url) is None:
@@ -248,4 +255,4 @@ def endpoint_picker_issues(config: Config) -> tuple[str, ...]:
                 "requests never route here; give it the model server's IP:port, or route it by "
                 "x-nexus-backend through an Envoy on deploy/envoy/ext_proc.yaml",
             )
-    return tuple(str(issue) for issue in found.items)
+    return found

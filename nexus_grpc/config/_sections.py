@@ -156,6 +156,7 @@ def envoy(t: Table | None) -> EnvoyConfig:
         read_body=t.boolean("read_body", d.read_body),
         read_response_usage=t.boolean("read_response_usage", d.read_response_usage),
         expose_reasons=t.choice("expose_reasons", d.expose_reasons, EXPOSE_REASONS),
+        endpoint_picker=t.boolean("endpoint_picker", d.endpoint_picker),
     )
     t.finish()
     return result

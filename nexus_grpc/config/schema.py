@@ -116,6 +116,7 @@ class EnvoyConfig:
     read_body: bool = False
     read_response_usage: bool = False
     expose_reasons: str = "full"
+    endpoint_picker: bool = False  # only endpoint-picking gateways call: hostname backends refused
 
 
 @dataclass(frozen=True, slots=True)

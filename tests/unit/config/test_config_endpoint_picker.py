@@ -1,7 +1,8 @@
 """Backends an endpoint-picking gateway can never be sent to: a URL whose host is a name. Whether a
-gateway picks endpoints is known per request, so the loader cannot refuse them (the same server
-may serve an Envoy that routes them by name); `check-config --endpoint-picker` checks a file as a
-picker's and refuses them, naming the backend and its key."""
+gateway picks endpoints is known per request, so by default the loader keeps them (the same server
+may serve an Envoy that routes them by name); `[envoy] endpoint_picker = true` says the server is a
+picker's and refuses them at load, and `check-config --endpoint-picker` checks any file as a
+picker's; both name the backend and its key."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nexus_grpc.cli import main
+from nexus_grpc.config.errors import ConfigError
 from nexus_grpc.config.loader import endpoint_picker_issues, load_config_text
 
 POOL = """
@@ -86,3 +88,23 @@ def test_check_config_endpoint_picker_still_reports_load_errors_first(
     code, _, err = check(["--endpoint-picker", str(path)], capsys)
     assert code == 1
     assert err.splitlines()[-1] == f"{path}: 1 error; the server would refuse to start"
+
+
+PICKER = """
+[envoy]
+read_body = true
+endpoint_picker = true
+"""
+
+
+def test_a_pickers_config_refuses_a_hostname_backend_at_load() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(PICKER + POOL + CLOUD, source="pool.toml")
+    [issue] = info.value.issues
+    assert (issue.file, issue.key_path) == ("pool.toml", "backends[2].url")
+    assert "backend 'cloud'" in issue.problem and "is a name, not an IP literal" in issue.problem
+
+
+def test_a_pickers_config_of_ip_endpoints_loads() -> None:
+    config = load_config_text(PICKER + POOL)
+    assert config.envoy.endpoint_picker and len(config.backends) == 2
