@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 from deploy_manifests import REPO
-
-from nexus_grpc.testing.envoy import free_port
+from support.net import free_port
 
 pytestmark = [pytest.mark.slow]
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 from deploy_manifests import Manifests, load
 from deploy_topology import Redis, Replica, envoy_template, substitute
-
-from nexus_grpc.testing.envoy import EnvoyProcess, free_port
-from nexus_grpc.testing.upstream import Answer, UpstreamServer
+from support.envoy import EnvoyProcess
+from support.net import free_port
+from support.upstream import Answer, UpstreamServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.envoy]
 

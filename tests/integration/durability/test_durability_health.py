@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
 import pytest
-from durability_procs import stubs
 from grpc_health.v1 import health_pb2
+from support.net import wait_until
+from support.servers import stubs
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
@@ -151,10 +151,7 @@ id = "gpt-x"
 
 
 def until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.01)
+    wait_until(cond, timeout, what, interval=0.01)
 
 
 def test_probes_drive_backend_status(upstreams: dict[str, Upstream], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,11 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 from durability_procs import Launch, Serve, percentile
+from support.net import wait_until
+from support.redis_server import RedisServer
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
 from nexus_grpc.domain.money import usd_to_nano
-from nexus_grpc.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -77,10 +78,7 @@ def redis() -> Iterator[RedisServer]:
 
 
 def until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.05)
+    wait_until(cond, timeout, what, interval=0.05)
 
 
 def shutdown_and_save(redis: RedisServer) -> None:

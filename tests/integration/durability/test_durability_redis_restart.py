@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support.redis_server import RedisServer
 
 from nexus_grpc.ledger.base import Reservation, month_of
 from nexus_grpc.ledger.redis import RedisLedger
-from nexus_grpc.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from durability_procs import Launch, Serve, stubs
+from durability_procs import Launch, Serve
 from grpc_health.v1 import health_pb2
+from support.net import wait_until
+from support.servers import stubs
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
@@ -78,10 +80,7 @@ def failures_of(info: apb.GetServerInfoResponse) -> int:
 
 
 def until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.02)
+    wait_until(cond, timeout, what, interval=0.02)
 
 
 def test_reload_under_load_sighup_and_rpc(launch: Launch, tmp_path: Path) -> None:

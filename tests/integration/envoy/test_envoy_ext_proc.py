@@ -9,8 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from envoy_stack import StackFactory
-
-from nexus_grpc.testing.upstream import Answer
+from support.upstream import Answer
 
 pytestmark = pytest.mark.envoy
 

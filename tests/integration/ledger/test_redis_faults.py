@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from support.net import async_wait_until
+from support.redis_server import RedisServer
 
 from nexus_grpc.errors import LedgerError
 from nexus_grpc.ledger.base import (
@@ -28,7 +30,6 @@ from nexus_grpc.ledger.base import (
 from nexus_grpc.ledger.bounds import MAX_HOLD_SECS
 from nexus_grpc.ledger.journal import Journal, JournalEntry
 from nexus_grpc.ledger.redis import RedisLedger
-from nexus_grpc.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -66,11 +67,7 @@ def journal_rows(path: Path, table: str = "redis_journal") -> list[tuple[str, ..
 
 
 async def until(cond: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached within 10 s")
+    await async_wait_until(cond, 10, "the condition")
 
 
 def test_thousands_of_max_size_charges_saturate_and_the_store_stays_available(

@@ -9,11 +9,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.net import async_wait_until
+from support.redis_server import NOT_FOUND, RedisServer, RedisServerError
 
 from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of
 from nexus_grpc.ledger.journal import Journal, JournalEntry
 from nexus_grpc.ledger.redis import RedisLedger
-from nexus_grpc.testing.redis_server import NOT_FOUND, RedisServer, RedisServerError
 
 pytestmark = pytest.mark.redis
 
@@ -48,11 +49,7 @@ def journal_rows(path: Path) -> int:
 
 
 async def until(cond: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached within 10 s")
+    await async_wait_until(cond, 10, "the condition")
 
 
 async def timed(call: Awaitable[object]) -> object:

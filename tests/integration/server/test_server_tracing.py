@@ -4,16 +4,16 @@ HTTP server on a free port — which decodes the spans."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from support.net import free_port
 from support.otlp import Collector, attrs, hex_id
+from support.servers import wait_serving
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
@@ -145,9 +145,7 @@ def test_the_environment_names_the_endpoint_and_the_service(
 def test_spans_pending_at_sigterm_arrive(small_toml: str, collector: Collector, tmp_path: Path) -> None:
     config = tmp_path / "nexus.toml"
     config.write_text(tracing_toml(small_toml, collector.url))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -163,17 +161,9 @@ def test_spans_pending_at_sigterm_arrive(small_toml: str, collector: Collector, 
         stderr=subprocess.DEVNULL,
     )
     try:
+        wait_serving(f"127.0.0.1:{port}", proc, timeout=20)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=20)
-            stub = dgrpc.DecisionServiceStub(channel)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    stub.Decide(dpb.DecideRequest(model="m"), timeout=5)
-                    break
-                except grpc.RpcError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.1)
+            dgrpc.DecisionServiceStub(channel).Decide(dpb.DecideRequest(model="m"), timeout=5)
         proc.send_signal(signal.SIGTERM)  # at once: the span is still in the export queue
         assert proc.wait(timeout=30) == 0
     finally:

@@ -6,6 +6,9 @@ a server-sent-event stream), optionally after a delay.
         gpu.answer = Answer(usage={"prompt_tokens": 10, "completion_tokens": 5})
         ...  # http://127.0.0.1:{gpu.port}
         assert gpu.received[0].headers["x-nexus-backend"] == "gpu-1"
+
+Also a CLI, run by path from the repository root (deploy/envoy/README.md does): `python
+tests/support/upstream.py gpu-1=11434 gpu-2=8000` serves stand-ins on those ports until stopped.
 """
 
 from __future__ import annotations
@@ -222,9 +225,9 @@ class UpstreamServer:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m nexus_grpc.testing.upstream NAME=PORT ...`: stand-in backends until Ctrl-C."""
+    """`python tests/support/upstream.py NAME=PORT ...`: stand-in backends until Ctrl-C or SIGTERM."""
     if not argv or any("=" not in arg for arg in argv):
-        print("usage: python -m nexus_grpc.testing.upstream NAME=PORT [NAME=PORT ...]", file=sys.stderr)
+        print("usage: python tests/support/upstream.py NAME=PORT [NAME=PORT ...]", file=sys.stderr)
         return 2
     servers = []
     for arg in argv:
