@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import sys
 import threading
@@ -229,14 +230,16 @@ def main(argv: list[str]) -> int:
     if not argv or any("=" not in arg for arg in argv):
         print("usage: python tests/support/upstream.py NAME=PORT [NAME=PORT ...]", file=sys.stderr)
         return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `kill PID`: stop and exit 0
     servers = []
-    for arg in argv:
-        name, port = arg.split("=", 1)
-        server = UpstreamServer(name, port=int(port)).start()
-        servers.append(server)
-        print(f"{name}: {server.url}", flush=True)
     try:
-        threading.Event().wait()
+        for arg in argv:
+            name, port = arg.split("=", 1)
+            server = UpstreamServer(name, port=int(port)).start()
+            servers.append(server)
+            print(f"{name}: {server.url}", flush=True)
+        stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
