@@ -319,3 +319,23 @@ def decide(eng: DecisionEngine, req: DecisionRequest) -> Decision:
 def report(eng: DecisionEngine, outcome: Outcome) -> OutcomeResult:
     """`engine.report_outcome` from synchronous code (runs its own event loop)."""
     return asyncio.run(eng.report_outcome(outcome))
+
+
+__all__ = [
+    "PolicySpec",
+    "PriceLike",
+    "ZoneLike",
+    "backend",
+    "budget_config",
+    "config",
+    "decide",
+    "engine",
+    "memory_ledger",
+    "model",
+    "policy",
+    "price",
+    "report",
+    "request",
+    "served_outcome",
+    "zone",
+]

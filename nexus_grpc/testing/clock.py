@@ -49,3 +49,6 @@ class FakeWall:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+__all__ = ["DEFAULT_WALL", "FakeClock", "FakeWall"]

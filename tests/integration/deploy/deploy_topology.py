@@ -6,11 +6,9 @@ headless Service's DNS name swapped for the replicas' endpoints."""
 from __future__ import annotations
 
 import copy
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,12 @@ from typing import Any
 import grpc
 import redis
 import yaml
-from deploy_manifests import REPO, Manifests, clusters, flag, listeners
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from deploy_manifests import Manifests, clusters, flag, listeners
+from support.net import free_port, wait_until
+from support.servers import serve_env, wait_serving
 
 from nexus_grpc import api
 from nexus_grpc.domain.money import usd_to_nano
-from nexus_grpc.testing.envoy import free_port
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def substitute(text: str, replacements: Mapping[str, str]) -> str:
@@ -45,8 +41,7 @@ class Replica:
         self.port = port
         self.target = f"127.0.0.1:{port}"
         self.log = log
-        environ = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        environ["PYTHONPATH"] = str(REPO) + os.pathsep + environ.get("PYTHONPATH", "")
+        environ = serve_env(env)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nexus_grpc.cli", *args],
@@ -56,21 +51,11 @@ class Replica:
                 env=environ,
             )
         self.channel = grpc.insecure_channel(self.target)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
         self.budget = api.BudgetServiceStub(self.channel)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """What the readinessProbe waits for: the health service SERVING."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"replica exited:\n{self.log_text()}"
-            try:
-                if self.health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, f"replica not SERVING:\n{self.log_text()}"
-            time.sleep(0.05)
+        wait_serving(self.target, self.proc, timeout=timeout, log=self.log_text)
 
     def spent_reserved(self) -> tuple[int, int]:
         budget = self.budget.GetBudget(api.GetBudgetRequest(), timeout=5).budget
@@ -110,16 +95,16 @@ class Redis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
+        client, proc = self.client(), self.proc
+
+        def answers() -> bool:
+            assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
             try:
-                if client.ping():
-                    return
+                return bool(client.ping())
             except redis.RedisError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
+                return False
+
+        wait_until(answers, 10, "redis-server to answer PING")
 
     def stop(self) -> None:
         """SIGTERM, as Kubernetes stops the pod: Redis writes and syncs the AOF, then exits."""

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from deploy_manifests import K8S, REPO, Manifests, container, load
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from waiting import wait_until
+from support.net import wait_until
 
 from nexus_grpc import cli
 from nexus_grpc.config.loader import check_config

@@ -30,10 +30,10 @@ from deploy_manifests import (
     listeners,
     load,
 )
+from support import envoy as envoy_testing
 
 from nexus_grpc import cli
 from nexus_grpc.config.loader import check_config
-from nexus_grpc.testing import envoy as envoy_testing
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 from deploy_manifests import Manifests, load
 from deploy_topology import Redis, Replica, envoy_template, substitute
-from waiting import wait_until
+from support.envoy import EnvoyProcess
+from support.net import free_port, wait_until
+from support.upstream import Answer, UpstreamServer
 
 from nexus_grpc.domain.money import NANO, nano_to_usd
-from nexus_grpc.testing.envoy import EnvoyProcess, free_port
-from nexus_grpc.testing.upstream import Answer, UpstreamServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.envoy]
 

@@ -1,41 +1,23 @@
 """Helpers for the durability tests: real `nexus-grpc serve` processes (free port, SERVING wait,
-kill -9, signals, a log file each), stubs, budget reads in nano-USD, percentiles."""
+kill -9, signals, a log file each; built on support.servers), budget reads in nano-USD, percentiles."""
 
 from __future__ import annotations
 
 import math
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.net import free_port
+from support.servers import serve_env, stubs, wait_serving
 
-from nexus_grpc._gen.nexus.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    budget_pb2,
-    budget_pb2_grpc,
-    decision_pb2_grpc,
-    registry_pb2_grpc,
-)
+from nexus_grpc._gen.nexus.v1 import admin_pb2, budget_pb2
 from nexus_grpc.domain.money import NANO
 
-REPO = Path(__file__).resolve().parents[3]
-TOKEN_VARS = ("NEXUS_ADMIN_TOKEN", "NEXUS_CLIENT_TOKEN")
-SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["Launch", "Serve", "nano", "percentile"]
 
 
 def nano(usd: float) -> int:
@@ -50,25 +32,6 @@ def percentile(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-@dataclass
-class Stubs:
-    decision: decision_pb2_grpc.DecisionServiceStub
-    registry: registry_pb2_grpc.RegistryServiceStub
-    budget: budget_pb2_grpc.BudgetServiceStub
-    admin: admin_pb2_grpc.AdminServiceStub
-    health: health_pb2_grpc.HealthStub
-
-
-def stubs(channel: grpc.Channel) -> Stubs:
-    return Stubs(
-        decision_pb2_grpc.DecisionServiceStub(channel),
-        registry_pb2_grpc.RegistryServiceStub(channel),
-        budget_pb2_grpc.BudgetServiceStub(channel),
-        admin_pb2_grpc.AdminServiceStub(channel),
-        health_pb2_grpc.HealthStub(channel),
-    )
-
-
 class Serve:
     """One `python -m nexus_grpc.cli serve --config FILE --listen 127.0.0.1:PORT` process."""
 
@@ -77,9 +40,7 @@ class Serve:
         self.log = log
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARS}
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["PYTHONUNBUFFERED"] = "1"
+        env = serve_env()
         cmd = [sys.executable, "-m", "nexus_grpc.cli", "serve", "--config", str(config)]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -89,17 +50,7 @@ class Serve:
         self.stubs = stubs(self.channel)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"serve exited early:\n{self.log_text()}"
-            try:
-                status = self.stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                if status == SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, f"serve did not become SERVING:\n{self.log_text()}"
-            time.sleep(0.05)
+        wait_serving(self.target, self.proc, timeout=timeout, log=self.log_text)
 
     def info(self) -> admin_pb2.GetServerInfoResponse:
         return self.stubs.admin.GetServerInfo(admin_pb2.GetServerInfoRequest(), timeout=10)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from durability_procs import Launch, stubs
+from durability_procs import Launch
+from support.servers import stubs
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc.domain.money import usd_to_nano

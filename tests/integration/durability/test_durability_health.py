@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 import pytest
-from durability_procs import stubs
 from grpc_health.v1 import health_pb2
-from waiting import wait_until
+from support.net import wait_until
+from support.servers import stubs
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb

@@ -21,12 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 from durability_procs import Launch, Serve, percentile
-from waiting import wait_until
+from support.net import wait_until
+from support.redis_server import RedisServer
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
 from nexus_grpc.domain.money import nano_to_usd, usd_to_nano
-from nexus_grpc.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

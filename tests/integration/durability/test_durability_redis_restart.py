@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from waiting import async_wait_until
+from support.net import async_wait_until
+from support.redis_server import RedisServer
 
 from nexus_grpc.ledger.base import Reservation, month_of
 from nexus_grpc.ledger.redis import RedisLedger
-from nexus_grpc.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from durability_procs import Launch, Serve, stubs
+from durability_procs import Launch, Serve
 from grpc_health.v1 import health_pb2
-from waiting import wait_until
+from support.net import wait_until
+from support.servers import stubs
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb

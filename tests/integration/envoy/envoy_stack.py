@@ -1,11 +1,10 @@
 """Helpers for the Envoy tests, imported as `envoy_stack` by conftest.py and the tests.
 
-The stack: three small upstreams, nexus-grpc (a Runtime on its own loop in a thread)
-and the real Envoy on a shipped config from deploy/envoy/, all on free loopback ports."""
+The stack: three small upstreams, nexus-grpc (a TestServer: a Runtime on its own loop in a
+thread) and the real Envoy on a shipped config from deploy/envoy/, all on free loopback ports."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import socket
@@ -17,6 +16,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from support.envoy import DEPLOY_DIR, EnvoyProcess
+from support.net import free_port
+from support.upstream import UpstreamServer
 
 from nexus_grpc._gen.nexus.v1 import (
     budget_pb2,
@@ -26,15 +28,12 @@ from nexus_grpc._gen.nexus.v1 import (
     registry_pb2_grpc,
     types_pb2,
 )
-from nexus_grpc.app import Runtime, ServeOptions
-from nexus_grpc.config.loader import load_config_text
 from nexus_grpc.domain.money import usd_to_nano
 from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.ledger.base import month_of
 from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.servicers.envoy import EnvoyStats, envoy_stats
-from nexus_grpc.testing.envoy import DEPLOY_DIR, EnvoyProcess, free_port
-from nexus_grpc.testing.upstream import UpstreamServer
+from nexus_grpc.testing import TestServer
 
 T = TypeVar("T")
 
@@ -201,32 +200,24 @@ def http_request(
 
 
 class NexusThread:
-    """A nexus-grpc Runtime serving on 127.0.0.1:0 from an event loop in a background thread;
-    with `root_certificates` (the config serves TLS) its client channel trusts them."""
+    """A nexus-grpc `TestServer` (a Runtime on 127.0.0.1:0, its own loop thread) with the stubs
+    the Envoy tests read; with `root_certificates` (the config serves TLS) its client channel
+    trusts them."""
 
     def __init__(self, toml: str, root_certificates: bytes | None = None) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="nexus-test-loop", daemon=True)
-        self.thread.start()
-        config = load_config_text(toml)
-
-        async def start() -> tuple[Runtime, int]:
-            runtime = Runtime(config)
-            return runtime, await runtime.start(ServeOptions(listen="127.0.0.1:0"))
-
-        self.runtime, self.port = self.call(start())
-        target = f"127.0.0.1:{self.port}"
+        self.server = TestServer(config_text=toml, start_timeout=30).start()
+        self.runtime, self.port = self.server.runtime, self.server.port
         if root_certificates is None:
-            self.channel = grpc.insecure_channel(target)
+            self.channel = grpc.insecure_channel(self.server.target)
         else:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self.channel = grpc.secure_channel(target, creds)
+            self.channel = grpc.secure_channel(self.server.target, creds)
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self.budget = budget_pb2_grpc.BudgetServiceStub(self.channel)
         self.decision = decision_pb2_grpc.DecisionServiceStub(self.channel)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self.server.run(coro, timeout)
 
     @property
     def stats(self) -> EnvoyStats:
@@ -263,12 +254,7 @@ class NexusThread:
 
     def stop(self) -> None:
         self.channel.close()
-        try:
-            self.call(self.runtime.stop(drain_seconds=0, grace_seconds=1))
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
+        self.server.stop(drain_seconds=0, grace_seconds=1)
 
 
 @dataclass

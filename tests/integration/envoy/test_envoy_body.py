@@ -10,8 +10,7 @@ import socket
 
 import pytest
 from envoy_stack import StackFactory
-
-from nexus_grpc.testing.upstream import Answer
+from support.upstream import Answer
 
 pytestmark = pytest.mark.envoy
 

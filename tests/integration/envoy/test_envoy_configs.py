@@ -10,13 +10,14 @@ import urllib.request
 from typing import Any
 
 import pytest
+from support.envoy import DEPLOY_DIR, EnvoyProcess, render, validate
+from support.net import free_port
 
 from nexus_grpc.config.loader import load_config
 from nexus_grpc.config.schema import LimitsConfig, QueueConfig
 from nexus_grpc.servicers.envoy.ext_proc import HOLD_MARGIN_S
 from nexus_grpc.servicers.envoy.mapping import ROUTING_HEADERS
 from nexus_grpc.servicers.envoy.responses import destination_endpoint
-from nexus_grpc.testing.envoy import DEPLOY_DIR, EnvoyProcess, free_port, render, validate
 
 pytestmark = pytest.mark.envoy
 

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from envoy_stack import StackFactory
+from support.upstream import Answer
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2
-from nexus_grpc.testing.upstream import Answer
 
 pytestmark = pytest.mark.envoy
 

@@ -21,7 +21,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
-from waiting import async_wait_until
+from support.net import async_wait_until
 
 from nexus_grpc.app import Runtime, ServeOptions
 from nexus_grpc.config.loader import load_config_text

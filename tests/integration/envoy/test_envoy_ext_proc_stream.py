@@ -17,7 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as auth_pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from waiting import async_wait_until
+from support.net import async_wait_until
 
 from nexus_grpc.app import Runtime, ServeOptions
 from nexus_grpc.config.loader import load_config_text

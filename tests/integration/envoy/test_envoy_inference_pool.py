@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from envoy_stack import POOL, PoolStack
-from waiting import wait_until
+from support.envoy import DEPLOY_DIR, render, validate
+from support.net import wait_until
+from support.upstream import Answer
 
 from nexus_grpc.devcert import write_dev_cert
 from nexus_grpc.domain.decision import Decision
 from nexus_grpc.servicers.envoy.mapping import ROUTING_HEADERS
-from nexus_grpc.testing.envoy import DEPLOY_DIR, render, validate
-from nexus_grpc.testing.upstream import Answer
 
 pytestmark = pytest.mark.envoy
 

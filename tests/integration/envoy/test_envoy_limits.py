@@ -9,8 +9,7 @@ import json
 
 import pytest
 from envoy_stack import StackFactory, raw_request
-
-from nexus_grpc.testing.upstream import Answer
+from support.upstream import Answer
 
 pytestmark = pytest.mark.envoy
 

@@ -9,9 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from envoy_stack import Response, StackFactory
-from waiting import wait_until
-
-from nexus_grpc.testing.upstream import Answer
+from support.net import wait_until
+from support.upstream import Answer
 
 pytestmark = pytest.mark.envoy
 

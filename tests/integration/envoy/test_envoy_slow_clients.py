@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from envoy_stack import StackFactory, raw_request
-from waiting import wait_until
+from support.net import wait_until
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2
 

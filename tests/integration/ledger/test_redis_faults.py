@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from waiting import async_wait_until
+from support.net import async_wait_until
+from support.redis_server import RedisServer
 
 from nexus_grpc.errors import LedgerError
 from nexus_grpc.ledger.base import (
@@ -29,7 +30,6 @@ from nexus_grpc.ledger.base import (
 from nexus_grpc.ledger.bounds import MAX_HOLD_SECS
 from nexus_grpc.ledger.journal import Journal, JournalEntry
 from nexus_grpc.ledger.redis import RedisLedger
-from nexus_grpc.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 

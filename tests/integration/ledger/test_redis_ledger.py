@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
-from waiting import async_wait_until
+from support.net import async_wait_until
+from support.redis_server import NOT_FOUND, RedisServer, RedisServerError
 
 from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of
 from nexus_grpc.ledger.journal import Journal, JournalEntry
 from nexus_grpc.ledger.redis import RedisLedger
-from nexus_grpc.testing.redis_server import NOT_FOUND, RedisServer, RedisServerError
 
 pytestmark = pytest.mark.redis
 

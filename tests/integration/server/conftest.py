@@ -1,5 +1,6 @@
-"""Fixtures for the real-server integration tests: a `TestServer` (nexus_grpc.testing.server) on a
-free loopback port, the gRPC stubs, small config files, and a helper for expected errors."""
+"""Fixtures for the real-server integration tests: a `TestServer` (nexus_grpc.testing) on a free
+loopback port, the gRPC stubs, small config files, and a helper for expected errors. What tests
+import (SMALL_TOML, StartServer, the stubs) lives in support.servers; this file has fixtures only."""
 
 from __future__ import annotations
 
@@ -7,126 +8,23 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2_grpc
+from support.servers import SMALL_TOML, TOKEN_VARS, StartServer, Stubs, serve_env, stubs
 
-from nexus_grpc._gen.nexus.v1 import (
-    admin_pb2_grpc,
-    budget_pb2_grpc,
-    decision_pb2_grpc,
-    registry_pb2_grpc,
-)
-from nexus_grpc.testing.server import TestServer
+from nexus_grpc.testing import TestServer
 
-REPO = Path(__file__).resolve().parents[3]
 VENV_BIN = Path(sys.executable).parent
 
-# A small fleet with one of everything the decision tests need.
-#   local  restricted, max_concurrency 1   m (ctx 4096), secret-model
-#   cloud  open (openai, priced)           gpt-4-turbo, secret-model
-#   p1/p2  restricted, tier 1              primary (fallback -> backup), backup
-SMALL_TOML = """\
-[server]
-drain_seconds = 0.2
-grace_seconds = 0.5
 
-[routing]
-strategy = "smart"
-[routing.fallbacks]
-"primary" = ["backup"]
-
-[[routing.policies]]
-model_pattern = "secret*"
-privacy = "restricted"
-
-[routing.budget]
-monthly_limit_usd = 100.0
-soft_limit_percent = 75.0
-hard_limit_action = "block_cloud"
-[routing.budget.tenants]
-"team-a" = 20.0
-
-[ledger]
-kind = "memory"
-
-[pricing."secret-model"]
-input_per_1k = 0.001
-output_per_1k = 0.002
-
-[queue]
-enabled = true
-max_wait_ms = 5000
-
-[[backends]]
-id = "local"
-url = "http://127.0.0.1:9001"
-type = "ollama"
-tier = 2
-priority = 1
-max_concurrency = 1
-[[backends.models]]
-id = "m"
-context_length = 4096
-[[backends.models]]
-id = "secret-model"
-
-[[backends]]
-id = "cloud"
-url = "https://api.openai.com"
-type = "openai"
-tier = 5
-priority = 60
-[[backends.models]]
-id = "gpt-4-turbo"
-[[backends.models]]
-id = "secret-model"
-
-[[backends]]
-id = "p1"
-url = "http://127.0.0.1:9002"
-type = "vllm"
-[[backends.models]]
-id = "primary"
-
-[[backends]]
-id = "p2"
-url = "http://127.0.0.1:9003"
-type = "vllm"
-[[backends.models]]
-id = "backup"
-"""
-
-TOKEN_VARS = ("NEXUS_ADMIN_TOKEN", "NEXUS_CLIENT_TOKEN", "NEXUS_TEST_ADMIN", "NEXUS_TEST_CLIENT")
 # A traceback or a source path in a status message means an internal leak.
 LEAK = re.compile(r"Traceback|File \"|\.py\b|(?:/[\w.-]+){2,}")
 
 
-@dataclass
-class Stubs:
-    decision: decision_pb2_grpc.DecisionServiceStub
-    registry: registry_pb2_grpc.RegistryServiceStub
-    budget: budget_pb2_grpc.BudgetServiceStub
-    admin: admin_pb2_grpc.AdminServiceStub
-    health: health_pb2_grpc.HealthStub
-
-
-def make_stubs(channel: grpc.Channel) -> Stubs:
-    return Stubs(
-        decision_pb2_grpc.DecisionServiceStub(channel),
-        registry_pb2_grpc.RegistryServiceStub(channel),
-        budget_pb2_grpc.BudgetServiceStub(channel),
-        admin_pb2_grpc.AdminServiceStub(channel),
-        health_pb2_grpc.HealthStub(channel),
-    )
-
-
 ErrorOf = Callable[..., tuple[grpc.StatusCode, str]]
-StartServer = Callable[..., TestServer]
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +68,7 @@ def small_toml() -> str:
 
 @pytest.fixture
 def stubs_of() -> Callable[[TestServer], Stubs]:
-    return lambda server: make_stubs(server.channel)
+    return lambda server: stubs(server.channel)
 
 
 @pytest.fixture
@@ -204,8 +102,4 @@ def error_of() -> ErrorOf:
 @pytest.fixture
 def cli_env() -> dict[str, str]:
     """Environment for subprocesses: this venv first on PATH, the repo importable, no tokens."""
-    env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARS}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return serve_env({"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from support.net import free_port
 
 from nexus_grpc import cli
 from nexus_grpc.client import EXIT_ERROR, EXIT_QUEUE, EXIT_REJECT, EXIT_ROUTE
@@ -43,8 +44,6 @@ def test_health_command(demo: TestServer, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_serve_says_when_it_is_ready(cli_env: dict[str, str]) -> None:
-    from nexus_grpc.testing.envoy import free_port
-
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "nexus_grpc.cli", "serve", "--listen", f"127.0.0.1:{port}"],
@@ -76,8 +75,6 @@ def test_a_second_signal_stops_at_once(cli_env: dict[str, str]) -> None:
     """The demo drains for 5 s on Ctrl-C; a second Ctrl-C ends it at once."""
     import signal
     import time
-
-    from nexus_grpc.testing.envoy import free_port
 
     port = free_port()
     proc = subprocess.Popen(

@@ -4,7 +4,7 @@ drain, while the server's readiness ("" and every service) is NOT_SERVING."""
 from __future__ import annotations
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from waiting import wait_until
+from support.net import wait_until
 
 from nexus_grpc.servicers.envoy import LIVENESS as LIVENESS_SERVICE
 from nexus_grpc.testing.server import TestServer

@@ -4,7 +4,6 @@ config fail loudly."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from waiting import wait_until
+from support import servers
+from support.net import free_port
 
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
 from nexus_grpc._gen.nexus.v1 import budget_pb2_grpc as bgrpc
@@ -27,25 +26,11 @@ from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 Serve = Callable[..., subprocess.Popen[str]]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_serving(target: str, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-
-        def serving() -> bool:
-            assert proc.poll() is None, f"serve exited early: {proc.communicate()[1]}"
-            try:
-                resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            except grpc.RpcError:
-                return False
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
-
-        wait_until(serving, "serve becomes SERVING", timeout=timeout, interval=0.05)
+    """SERVING within `timeout`; an early exit fails with what the process wrote to stderr."""
+    servers.wait_serving(
+        target, proc, timeout=timeout, log=lambda: proc.communicate()[1] if proc.poll() is not None else ""
+    )
 
 
 @pytest.fixture

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
-from conftest import SMALL_TOML, StartServer, make_stubs
-from waiting import wait_until
+from support.net import free_port, wait_until
+from support.servers import SMALL_TOML, StartServer, stubs
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _with_telemetry(extra: str) -> str:
@@ -31,12 +23,12 @@ def _scrape(port: int) -> str:
 
 
 def test_prometheus_endpoint_counts_decisions_exclusions_and_state(start_server: StartServer) -> None:
-    port = _free_port()
+    port = free_port()
     server = start_server(config_text=_with_telemetry(f'prometheus_listen = "127.0.0.1:{port}"'))
-    stubs = make_stubs(server.channel)
-    stubs.decision.Decide(dpb.DecideRequest(request_id="a", model="m"))  # route to local
-    stubs.decision.Decide(dpb.DecideRequest(request_id="b", model="nope"))  # model not found
-    stubs.decision.Decide(
+    s = stubs(server.channel)
+    s.decision.Decide(dpb.DecideRequest(request_id="a", model="m"))  # route to local
+    s.decision.Decide(dpb.DecideRequest(request_id="b", model="nope"))  # model not found
+    s.decision.Decide(
         dpb.DecideRequest(request_id="c", model="gpt-4-turbo", privacy=1)  # restricted: privacy reject
     )
     text = _scrape(port)
@@ -52,7 +44,7 @@ def test_prometheus_endpoint_counts_decisions_exclusions_and_state(start_server:
     assert 'nexus_reconciler_duration_seconds_count{reconciler="SchedulerReconciler"}' in text
     assert 'nexus_config_info{config_version="' in text
     # the outcome frees the slot, and an estimate-only outcome is counted as such
-    stubs.decision.ReportOutcome(dpb.ReportOutcomeRequest(request_id="a", backend_id="local", success=True))
+    s.decision.ReportOutcome(dpb.ReportOutcomeRequest(request_id="a", backend_id="local", success=True))
     text = _scrape(port)
     assert 'nexus_backend_in_flight{backend="local"} 0.0' in text
     assert "nexus_outcomes_estimated_total 1.0" in text
@@ -61,9 +53,9 @@ def test_prometheus_endpoint_counts_decisions_exclusions_and_state(start_server:
 def test_decision_log_writes_one_json_line_per_decision(start_server: StartServer, tmp_path: Path) -> None:
     log = tmp_path / "decisions.jsonl"
     server = start_server(config_text=_with_telemetry(f'decision_log = "{log}"'))
-    stubs = make_stubs(server.channel)
-    stubs.decision.Decide(dpb.DecideRequest(request_id="r1", model="m", labels={"team": "search"}))
-    stubs.decision.Explain(dpb.ExplainRequest(request_id="r2", model="nope"))
+    s = stubs(server.channel)
+    s.decision.Decide(dpb.DecideRequest(request_id="r1", model="m", labels={"team": "search"}))
+    s.decision.Explain(dpb.ExplainRequest(request_id="r2", model="nope"))
     server.stop()  # flushes the log
     wait_until(lambda: len(log.read_text().splitlines()) >= 2, "two lines in the decision log", timeout=5)
     lines = [json.loads(line) for line in log.read_text().splitlines()]

@@ -4,7 +4,6 @@ HTTP server on a free port — which decodes the spans."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,8 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.net import free_port
 from support.otlp import Collector, attrs, hex_id
-from waiting import wait_until
+from support.servers import wait_serving
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc as dgrpc
@@ -145,9 +145,7 @@ def test_the_environment_names_the_endpoint_and_the_service(
 def test_spans_pending_at_sigterm_arrive(small_toml: str, collector: Collector, tmp_path: Path) -> None:
     config = tmp_path / "nexus.toml"
     config.write_text(tracing_toml(small_toml, collector.url))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -163,18 +161,9 @@ def test_spans_pending_at_sigterm_arrive(small_toml: str, collector: Collector, 
         stderr=subprocess.DEVNULL,
     )
     try:
+        wait_serving(f"127.0.0.1:{port}", proc, timeout=20)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=20)
-            stub = dgrpc.DecisionServiceStub(channel)
-
-            def decided() -> bool:
-                try:
-                    stub.Decide(dpb.DecideRequest(model="m"), timeout=5)
-                except grpc.RpcError:
-                    return False
-                return True
-
-            wait_until(decided, "a first Decide answered", timeout=20, interval=0.1)
+            dgrpc.DecisionServiceStub(channel).Decide(dpb.DecideRequest(model="m"), timeout=5)
         proc.send_signal(signal.SIGTERM)  # at once: the span is still in the export queue
         assert proc.wait(timeout=30) == 0
     finally:

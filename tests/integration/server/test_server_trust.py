@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from waiting import wait_until
+from support.net import wait_until
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb

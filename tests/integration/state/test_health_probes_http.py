@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from waiting import async_wait_until
+from support.net import async_wait_until
 
 from nexus_grpc.config.schema import Config, HealthCheckConfig
 from nexus_grpc.domain.backend import BackendConfig, probe_path

