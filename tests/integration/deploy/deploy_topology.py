@@ -104,7 +104,7 @@ class Redis:
             except redis.RedisError:
                 return False
 
-        wait_until(answers, 10, "redis-server to answer PING")
+        wait_until(answers, "redis-server to answer PING", timeout=10)
 
     def stop(self) -> None:
         """SIGTERM, as Kubernetes stops the pod: Redis writes and syncs the AOF, then exits."""
