@@ -74,13 +74,14 @@ def wire_rows() -> dict[str, float]:
         return await engine.decide(_fleet.bench_request("micro"))
 
     rows: dict[str, float] = {}
+    encoder = wire.ResponseEncoder()
     for n in (10, 100):
         d = asyncio.run(decision_of(n))
         rows[f"wire.decide_response: Route, {len(d.exclusions)} reasons (fleet of {n})"] = ns(
-            lambda d=d: wire.decide_response(d), 2000
+            lambda d=d: encoder.decide_response(d), 2000
         )
         rows[f"  of which the reasons field ({len(d.exclusions)} cached reasons)"] = ns(
-            lambda d=d: wire._reasons_field(9, d.exclusions), 2000
+            lambda d=d: encoder.reasons_field(9, d.exclusions), 2000
         )
         if n == 10:
             rows["  of which budget_bytes (encoded per response)"] = ns(

@@ -7,8 +7,9 @@ the encoding of its Decide response, at 10 / 100 / 1 000 / 10 000 candidates.
 
 One sample is `await engine.decide(request)` timed with `time.perf_counter_ns` (the snapshot, the
 route index or the stages, the verdict, a Route's side effects: decision id, in-flight slot; the
-metrics) and, timed apart right after it, `servicers.wire.decide_response(decision)` (the bytes
-Decide sends). No gRPC. GC stays enabled, as in production.
+metrics) and, timed apart right after it,
+`servicers.wire.ResponseEncoder.decide_response(decision)` (the bytes Decide sends). No gRPC.
+GC stays enabled, as in production.
 
 - route: the bench fleet (every stage has work) and its request; the route index decides
   (`Pipeline.stage_runs["RouteIndex"]` counts how many decisions it took).
@@ -49,7 +50,7 @@ from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.pipeline import intent as intent_module
 from nexus_grpc.pipeline.executor import INDEX
-from nexus_grpc.servicers.wire import decide_response
+from nexus_grpc.servicers.wire import ResponseEncoder
 
 TTL = 1e-6  # flights expire at once; expire_flights() drops them after every sample
 VERDICTS: dict[str, type] = {"route": Route, "queue": Queue, "reject": Reject}
@@ -87,6 +88,7 @@ class Case:
     encode_ns: list[int] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     k: int = 0
+    encoder: ResponseEncoder = field(default_factory=ResponseEncoder)  # as a servicer owns one
 
     def request(self) -> DecisionRequest:
         self.k += 1
@@ -113,7 +115,7 @@ def describe(decision: Decision, explained: Decision) -> dict[str, Any]:
         verdict = f"queue {v.reason} wait {v.estimated_wait_ms} ms"
     else:
         verdict = f"reject {v.code.name}"
-    body = decide_response(decision)
+    body = ResponseEncoder().decide_response(decision)
     return {
         "verdict": verdict,
         "excluded": decision.exclusion_count,
@@ -132,6 +134,7 @@ async def sample(case: Case, n: int, *, record: bool, seconds: float = 1e9) -> i
     want = VERDICTS[case.spec.kind]
     deadline = clock() + int(seconds * 1e9)
     decide_out, encode_out = case.decide_ns, case.encode_ns
+    decide_response = case.encoder.decide_response
     done = 0
     while done < n:
         request = case.request()

@@ -24,7 +24,6 @@ from nexus_grpc.domain.decision import (
 )
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode, RejectCode
 from nexus_grpc.domain.live import LiveBackend
-from nexus_grpc.domain.money import Price
 from nexus_grpc.domain.months import next_month_start
 from nexus_grpc.domain.request import DecisionRequest
 from nexus_grpc.domain.scopes import scopes_for
@@ -117,7 +116,7 @@ class Pipeline:
             requested_model=request.model,
             resolved_model=primary.intent.model,
             verdict=verdict,
-            cost_estimate=self._estimate(request, verdict, basis, primary.intent),
+            cost_estimate=self._estimate(request, snap, verdict, basis, primary.intent),
             budget=applied,
             exclusions=exclusions,
             scopes=scopes_for(request.tenant),
@@ -187,6 +186,7 @@ class Pipeline:
                 "check the server log for this request id and report the fault",
             )
         intent.candidates = []
+        intent.static = None
         intent.winner = None
 
     @staticmethod
@@ -277,7 +277,9 @@ class Pipeline:
         return Reject(RejectCode.NO_ELIGIBLE_BACKEND, message, retry), primary
 
     @staticmethod
-    def _estimate(request: DecisionRequest, verdict: Verdict, basis: _Run, primary: Intent) -> CostEstimate:
+    def _estimate(
+        request: DecisionRequest, snap: Snapshot, verdict: Verdict, basis: _Run, primary: Intent
+    ) -> CostEstimate:
         tokens_in, tokens_out = request.estimated_input_tokens, request.output_tokens
         if isinstance(verdict, Route):
             winner = basis.intent.winner
@@ -286,22 +288,10 @@ class Pipeline:
             waited = next((c for c in basis.intent.model_candidates if c.id == basis.wait_backend), None)
             cost = waited.price.cost(tokens_in, tokens_out) if waited is not None else 0
         else:
-            prices = distinct_prices(primary.model_candidates)
+            # the costliest of the model's distinct prices (a fleet has few), prepared per fleet
+            prices = snap.fleet.prepared.prices[primary.model] if primary.model_candidates else ()
             cost = max((p.cost(tokens_in, tokens_out) for p in prices), default=0)
         return CostEstimate(tokens_in, tokens_out, cost)
-
-
-_PRICES: dict[int, tuple[tuple[Candidate, ...], tuple[Price, ...]]] = {}
-
-
-def distinct_prices(candidates: tuple[Candidate, ...]) -> tuple[Price, ...]:
-    """The different prices among a model's candidates (a fleet has few), kept per candidate tuple."""
-    hit = _PRICES.get(id(candidates))
-    if hit is None or hit[0] is not candidates:
-        if len(_PRICES) >= 1024:
-            _PRICES.clear()
-        hit = _PRICES[id(candidates)] = (candidates, tuple(dict.fromkeys(c.price for c in candidates)))
-    return hit[1]
 
 
 def _resolved_note(intent: Intent) -> str:

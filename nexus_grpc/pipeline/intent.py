@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 from nexus_grpc.domain.decision import BudgetView, CandidateScore, Exclusion
 from nexus_grpc.domain.enums import BudgetStatus, ExclusionCode
 from nexus_grpc.domain.request import DecisionRequest
-from nexus_grpc.pipeline.snapshot import Candidate, EffectivePolicy, Fleet, Snapshot
+from nexus_grpc.pipeline.snapshot import (
+    REASONS_KEPT,
+    Candidate,
+    EffectivePolicy,
+    Fleet,
+    ReasonBuilder,
+    Snapshot,
+    StaticRule,
+    StaticSet,
+)
 
-MEMO_MAX = 50_000
-# Recompute every memoized static result and compare (tests turn it on; see tests/conftest.py).
+# Recompute every memoized static result and prepared reason and compare (tests turn it on; see
+# tests/conftest.py).
 VERIFY = os.environ.get("NEXUS_VERIFY", "") == "1"
 
-# A static rule judges one candidate on the fleet alone (never on live state or the request's
-# numbers): a module-level function whose extra arguments are exactly what its verdict depends
-# on, so (rule, args) is a complete memo key.
-StaticRule = Callable[..., Exclusion | None]
+
+class VerifyError(AssertionError):
+    """A memoized result differs from a fresh one (checked with NEXUS_VERIFY=1): its rule or
+    builder depends on something outside its arguments."""
 
 
 class Intent:
@@ -31,7 +40,6 @@ class Intent:
         "candidates",
         "chain",
         "exclusions",
-        "live_narrowed",
         "model",
         "model_candidates",
         "notes",
@@ -42,6 +50,7 @@ class Intent:
         "requested",
         "score",
         "scores",
+        "static",
         "trace",
         "winner",
     )
@@ -61,11 +70,11 @@ class Intent:
         self.chain: tuple[str, ...] = (requested,)
         self.model = requested  # resolved model (RequestAnalyzer)
         self.policy = EffectivePolicy()
-        self.candidates: tuple[Candidate, ...] | list[Candidate] = ()
-        # False while only static rules narrowed the candidates: they are then a tuple the fleet
-        # memoizes, and the next static rule's whole result is reused. True once a stage narrowed
-        # them on live state or the request's numbers.
-        self.live_narrowed = False
+        self.candidates: Sequence[Candidate] = ()
+        # While only static rules narrowed the candidates: the memoized set they are (its
+        # `candidates` is `self.candidates`), so the next static rule's whole result is reused.
+        # None once a stage narrowed them on live state or the request's numbers.
+        self.static: StaticSet | None = None
         self.model_candidates: tuple[Candidate, ...] = ()  # what the analyzer found
         self.exclusions: list[Exclusion] = []
         self.notes: dict[str, str] = {}
@@ -101,19 +110,19 @@ class Intent:
         """Keep `kept` (a stage judged live state or the request's numbers)."""
         if len(kept) != len(self.candidates):
             self.candidates = kept
-            self.live_narrowed = True
+            self.static = None
 
     def apply_static(self, snap: Snapshot, rule: StaticRule, args: tuple[Hashable, ...]) -> None:
-        """Narrow by a static rule, computed once per fleet version: the kept tuple and the
-        prepared exclusions of a whole input set are reused by later requests."""
-        fleet = snap.fleet
-        if self.live_narrowed:
-            table = _verdicts(fleet, rule, args)
+        """Narrow by a static rule, computed once per fleet version: the kept set and the
+        exclusions of a whole static set are reused by later requests."""
+        given = self.static
+        if given is None:
+            table = snap.fleet.prepared.verdict_table((rule, args))
             kept: list[Candidate] = []
             for c in self.candidates:
                 verdict = table.get(c, _UNJUDGED)
                 if verdict is _UNJUDGED or VERIFY:
-                    verdict = static_verdict(fleet, rule, args, c)
+                    verdict = static_verdict(snap.fleet, rule, args, c)
                 if verdict is None:
                     kept.append(c)
                 else:
@@ -121,61 +130,66 @@ class Intent:
                     self.exclusions.append(verdict)
             self.candidates = kept
             return
-        cands = self.candidates
-        assert isinstance(cands, tuple)
-        memo = fleet.memo
-        key = (rule, args, id(cands))
-        hit = memo.get(key)
-        if hit is None or hit[0] is not cands:
-            hit = (cands, *_judge_all(fleet, rule, args, cands))
-            if len(memo) >= MEMO_MAX:
-                memo.clear()
-            memo[key] = hit  # holds `cands`, so its id cannot be reused while the entry lives
+        key = (rule, args)
+        hit = given.after.get(key)
+        if hit is None:
+            hit = _judge_all(snap.fleet, rule, args, given)
+            snap.fleet.prepared.remember(given, key, *hit)
         elif VERIFY:
-            assert hit[1:] == _judge_all(fleet, rule, args, cands), (rule, args)
-        self.candidates = hit[1]
-        if hit[2]:
-            self.exclusions.extend(hit[2])
+            fresh = _judge_all(snap.fleet, rule, args, given)
+            if (fresh[0].candidates, fresh[1]) != (hit[0].candidates, hit[1]):
+                raise VerifyError(f"static rule {rule.__name__}{args} memoized a stale result")
+        self.static = hit[0]
+        self.candidates = hit[0].candidates
+        if hit[1]:
+            self.exclusions.extend(hit[1])
 
 
 _UNJUDGED = object()
-
-
-def _verdicts(
-    fleet: Fleet, rule: StaticRule, args: tuple[Hashable, ...]
-) -> dict[Candidate, Exclusion | None]:
-    table: dict[Candidate, Exclusion | None] | None = fleet.memo.get((rule, args))
-    if table is None:
-        table = fleet.memo[(rule, args)] = {}
-    return table
 
 
 def static_verdict(
     fleet: Fleet, rule: StaticRule, args: tuple[Hashable, ...], c: Candidate
 ) -> Exclusion | None:
     """One candidate's verdict under a static rule, memoized per fleet version."""
-    table = _verdicts(fleet, rule, args)
+    table = fleet.prepared.verdict_table((rule, args))
     if c in table:
         verdict = table[c]
-        if VERIFY:
-            assert verdict == rule(fleet, c, *args), (rule, args, c)
+        if VERIFY and verdict != rule(fleet, c, *args):
+            raise VerifyError(f"static rule {rule.__name__}{args} memoized a stale verdict for {c}")
         return verdict
     verdict = table[c] = rule(fleet, c, *args)
     return verdict
 
 
 def _judge_all(
-    fleet: Fleet, rule: StaticRule, args: tuple[Hashable, ...], cands: tuple[Candidate, ...]
-) -> tuple[tuple[Candidate, ...], tuple[Exclusion, ...]]:
+    fleet: Fleet, rule: StaticRule, args: tuple[Hashable, ...], given: StaticSet
+) -> tuple[StaticSet, tuple[Exclusion, ...]]:
     kept: list[Candidate] = []
     excluded: list[Exclusion] = []
-    for c in cands:
+    for c in given.candidates:
         verdict = rule(fleet, c, *args)
         if verdict is None:
             kept.append(c)
         else:
             excluded.append(verdict)
-    return (cands if len(kept) == len(cands) else tuple(kept)), tuple(excluded)
+    return (given if not excluded else StaticSet(tuple(kept))), tuple(excluded)
+
+
+def prepared_reason(c: Candidate, build: ReasonBuilder, *args: Hashable) -> Exclusion:
+    """The exclusion `build(c, *args)`, built once per candidate and `args` and then reused:
+    `build` is a module-level function whose text depends only on `args` and the candidate's
+    fixed fields (its id), so (build, args) is a complete key."""
+    reasons = c.reasons
+    key = (build, args)
+    found = reasons.get(key)
+    if found is None:
+        if len(reasons) >= REASONS_KEPT:
+            reasons.clear()
+        found = reasons[key] = build(c, *args)
+    elif VERIFY and found != build(c, *args):
+        raise VerifyError(f"prepared reason {build.__name__}{args} of {c} is stale")
+    return found
 
 
 class Reconciler(Protocol):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from nexus_grpc.config.schema import Config
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec
@@ -40,6 +39,16 @@ class EffectivePolicy:
 
 UNLIMITED = 1 << 62
 REASONS_KEPT = 16  # prepared exclusions kept per candidate
+MEMO_MAX = 50_000  # memoized static results kept per fleet version (all dropped when reached)
+
+# A prepared reason's builder (`intent.prepared_reason`): a module-level function
+# `build(candidate, *args) -> Exclusion` whose text depends only on `args` and the candidate's
+# fixed fields, so (build, args) is a complete key.
+ReasonBuilder = Callable[..., Exclusion]
+# A static rule (`intent.apply_static`): a module-level function `rule(fleet, candidate, *args)`
+# judging one candidate on the fleet alone (never on live state or the request's numbers), so
+# (rule, args) is a complete memo key.
+StaticRule = Callable[..., Exclusion | None]
 
 
 class Candidate:
@@ -76,18 +85,10 @@ class Candidate:
         self.priority_score = 100 - min(backend.priority, 100)
         self.free = price.input_nano == 0 and price.output_nano == 0
         self.ctx_limit = model.context_length if model.context_length is not None else UNLIMITED
-        # exclusions prepared for this candidate, keyed by what their text depends on (a status
-        # version, an ETA step, window counts): built once, reused by every decision until then
-        self.reasons: dict[Hashable, Exclusion] = {}
-
-    def reason(self, key: Hashable, build: Callable[[], Exclusion]) -> Exclusion:
-        """The prepared exclusion for `key`, built on first use."""
-        found = self.reasons.get(key)
-        if found is None:
-            if len(self.reasons) >= REASONS_KEPT:
-                self.reasons.clear()
-            found = self.reasons[key] = build()
-        return found
+        # exclusions prepared for this candidate by `intent.prepared_reason`, keyed by
+        # (builder, its arguments): built once, reused by every decision while the arguments
+        # (a status, an ETA step, window counts) stay the same. Lives as long as the fleet.
+        self.reasons: dict[tuple[ReasonBuilder, tuple[Hashable, ...]], Exclusion] = {}
 
     def __repr__(self) -> str:
         return f"Candidate({self.id!r}, {self.model.id!r})"
@@ -117,6 +118,72 @@ def combine_policies(config: Config, chain: tuple[str, ...]) -> EffectivePolicy:
     )
 
 
+class StaticSet:
+    """Candidates of one model narrowed by static rules only, in config order. `after` memoizes
+    what each further static rule makes of them: (rule, args) -> (the set it keeps, the
+    exclusions of the candidates it drops). Nothing else is kept, so nothing is keyed by
+    identity: the tree hangs off the fleet's `Prepared` and dies with it."""
+
+    __slots__ = ("after", "candidates")
+
+    def __init__(self, candidates: tuple[Candidate, ...]) -> None:
+        self.candidates = candidates
+        self.after: dict[
+            tuple[StaticRule, tuple[Hashable, ...]], tuple[StaticSet, tuple[Exclusion, ...]]
+        ] = {}
+
+
+class Prepared:
+    """What the stages compute once per fleet version and reuse (the fleet owns it: a new config
+    or registry change gives a new fleet and so a fresh `Prepared`). One field per kind:
+
+    - `roots`: each model's candidates as a `StaticSet`, the root of the memoized static results;
+    - `verdicts`: per (rule, args), one candidate's verdict (for candidates a live stage already
+      narrowed, which are no longer a `StaticSet`);
+    - `prices`: the distinct prices among each model's candidates (a Reject's cost estimate).
+
+    Prepared reasons are per candidate (`Candidate.reasons`; candidates live as long as the fleet).
+    Memoized entries are counted; at `MEMO_MAX` they are all dropped and built again on use."""
+
+    __slots__ = ("entries", "prices", "roots", "verdicts")
+
+    def __init__(self, candidates: Mapping[str, tuple[Candidate, ...]]) -> None:
+        self.roots: dict[str, StaticSet] = {model: StaticSet(cands) for model, cands in candidates.items()}
+        self.prices: dict[str, tuple[Price, ...]] = {
+            model: tuple(dict.fromkeys(c.price for c in cands)) for model, cands in candidates.items()
+        }
+        self.verdicts: dict[tuple[StaticRule, tuple[Hashable, ...]], dict[Candidate, Exclusion | None]] = {}
+        self.entries = 0
+
+    def remember(
+        self,
+        given: StaticSet,
+        key: tuple[StaticRule, tuple[Hashable, ...]],
+        kept: StaticSet,
+        excluded: tuple[Exclusion, ...],
+    ) -> None:
+        """Memoize that static rule `key` keeps `kept` of `given`, dropping `excluded`."""
+        self._count()
+        given.after[key] = (kept, excluded)
+
+    def verdict_table(
+        self, key: tuple[StaticRule, tuple[Hashable, ...]]
+    ) -> dict[Candidate, Exclusion | None]:
+        table = self.verdicts.get(key)
+        if table is None:
+            self._count()
+            table = self.verdicts[key] = {}
+        return table
+
+    def _count(self) -> None:
+        self.entries += 1
+        if self.entries > MEMO_MAX:
+            self.entries = 1
+            self.verdicts.clear()
+            for root in self.roots.values():
+                root.after.clear()
+
+
 class Fleet:
     """Immutable compiled view of one config version plus registry changes."""
 
@@ -130,8 +197,8 @@ class Fleet:
                 index.setdefault(m.id, []).append(Candidate(b, m, config.price_for(b, m.id), live[b.id], i))
         self.candidates: dict[str, tuple[Candidate, ...]] = {k: tuple(v) for k, v in index.items()}
         self.served_models: tuple[str, ...] = tuple(sorted(self.candidates))
-        # static stage results per (stage key, input set), valid for this fleet version only
-        self.memo: dict[Hashable, Any] = {}
+        # what the stages prepare once for this fleet version (memoized static results, prices)
+        self.prepared = Prepared(self.candidates)
         self._chains: dict[str, tuple[str, ...]] = {}
         self._policies: dict[tuple[str, ...], EffectivePolicy] = {}
 

@@ -13,7 +13,7 @@ from nexus_grpc.config.schema import QualityConfig
 from nexus_grpc.domain.decision import Exclusion
 from nexus_grpc.domain.enums import ExclusionCode
 from nexus_grpc.domain.live import LiveBackend
-from nexus_grpc.pipeline.intent import Intent
+from nexus_grpc.pipeline.intent import Intent, prepared_reason
 from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
 
 NAME = "QualityReconciler"
@@ -35,21 +35,34 @@ def quality_verdict(live: LiveBackend, now: float, q: QualityConfig) -> tuple[in
 
 
 def quality_exclusion(c: Candidate, model: str, counts: tuple[int, int], q: QualityConfig) -> Exclusion:
-    """Prepared once per (backend, model, window counts)."""
+    """Prepared once per (backend, model, window counts, quality settings)."""
     count, failures = counts
+    return prepared_reason(
+        c,
+        error_rate_reason,
+        model,
+        count,
+        failures,
+        q.window_seconds,
+        q.error_rate_threshold,
+        q.cooldown_seconds,
+    )
 
-    def build() -> Exclusion:
-        return Exclusion(
-            c.id,
-            model,
-            NAME,
-            ExclusionCode.ERROR_RATE,
-            f"error rate {failures / count:.0%} over the last {q.window_seconds:g}s "
-            f"({failures} of {count} outcomes) is at or above {q.error_rate_threshold:.0%}",
-            f"check the backend; it gets a trial request {q.cooldown_seconds:g}s after it was excluded",
-        )
 
-    return c.reason(("quality", count, failures), build)
+def error_rate_reason(
+    c: Candidate, model: str, count: int, failures: int, window: float, threshold: float, cooldown: float
+) -> Exclusion:
+    """The builder of a prepared reason (`intent.prepared_reason`): its text depends only on
+    these arguments."""
+    return Exclusion(
+        c.id,
+        model,
+        NAME,
+        ExclusionCode.ERROR_RATE,
+        f"error rate {failures / count:.0%} over the last {window:g}s "
+        f"({failures} of {count} outcomes) is at or above {threshold:.0%}",
+        f"check the backend; it gets a trial request {cooldown:g}s after it was excluded",
+    )
 
 
 class QualityReconciler:

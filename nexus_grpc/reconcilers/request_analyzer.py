@@ -7,10 +7,11 @@ from nexus_grpc.domain.decision import Exclusion
 from nexus_grpc.domain.endpoints import EndpointSubset, endpoint_of
 from nexus_grpc.domain.enums import ExclusionCode
 from nexus_grpc.pipeline.intent import Intent
-from nexus_grpc.pipeline.snapshot import Candidate, Fleet, Snapshot
+from nexus_grpc.pipeline.snapshot import Candidate, Fleet, Snapshot, StaticSet
 
 NAME = "RequestAnalyzer"
 _SHOWN = 160  # characters of a subset quoted in a reason
+_NONE = StaticSet(())  # a model no backend serves
 
 
 def subset_rule(fleet: Fleet, c: Candidate, model: str, subset: EndpointSubset) -> Exclusion | None:
@@ -56,9 +57,11 @@ class RequestAnalyzer:
         if intent.primary_policy is not None:
             policy = policy.tightened(intent.primary_policy)
         intent.policy = policy
-        candidates = fleet.candidates.get(intent.model, ())
+        root = fleet.prepared.roots.get(intent.model, _NONE)
+        candidates = root.candidates
         intent.model_candidates = candidates
         intent.candidates = candidates
+        intent.static = root
         if len(chain) > 1:
             intent.notes["alias_chain"] = " -> ".join(chain)
         if intent.is_fallback:

@@ -20,7 +20,7 @@ from nexus_grpc.servicers.convert import (
     outcome_from_proto,
     request_from_proto,
 )
-from nexus_grpc.servicers.wire import decide_response
+from nexus_grpc.servicers.wire import ResponseEncoder
 from nexus_grpc.telemetry.tracing import Tracing
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -36,6 +36,7 @@ class DecisionServicer(dgrpc.DecisionServiceServicer):
         self.engine = engine
         self.overloaded = overloaded  # near max_concurrent_rpcs: shed all but HIGH priority
         self.tracing = tracing  # set: decisions annotate their RPC's span
+        self.responses = ResponseEncoder()  # Decide's responses, with the encoded reasons it reuses
 
     def _require_tenant(self) -> bool:
         budget = self.engine.config.routing.budget
@@ -48,11 +49,11 @@ class DecisionServicer(dgrpc.DecisionServiceServicer):
         if req.priority != Priority.HIGH and self.overloaded():
             raise Overloaded("server near max_concurrent_rpcs: shedding normal-priority decisions")
         if self.tracing is None:
-            return decide_response(await self.engine.decide(req))
+            return self.responses.decide_response(await self.engine.decide(req))
         started = time.time_ns()
         decision = await self.engine.decide(req)
         self.tracing.decision(decision, started, req.tenant)
-        return decide_response(decision)
+        return self.responses.decide_response(decision)
 
     @rpc
     async def Explain(self, request: dpb.ExplainRequest, context: Ctx) -> dpb.ExplainResponse:

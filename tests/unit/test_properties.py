@@ -30,7 +30,7 @@ from nexus_grpc.domain.months import month_of
 from nexus_grpc.domain.request import DecisionRequest, Outcome
 from nexus_grpc.engine import DecisionEngine
 from nexus_grpc.servicers.convert import decision_to_proto
-from nexus_grpc.servicers.wire import decide_response
+from nexus_grpc.servicers.wire import ResponseEncoder
 from nexus_grpc.testing.builders import backend, budget_config, config, engine, policy, request
 from nexus_grpc.testing.clock import FakeClock, FakeWall
 
@@ -296,9 +296,11 @@ def test_the_wire_encoder_writes_what_protobuf_would(
     eng = engine(cfg, clock=FakeClock(), wall=FakeWall(), seed=seed)
     live_state(eng, random.Random(seed))
 
+    encoder = ResponseEncoder()
+
     async def run() -> None:
         for req in reqs:
             d = await eng.decide(req)
-            assert dpb.DecideResponse.FromString(decide_response(d)) == decision_to_proto(d)
+            assert dpb.DecideResponse.FromString(encoder.decide_response(d)) == decision_to_proto(d)
 
     asyncio.run(run())

@@ -1,19 +1,20 @@
-"""SchedulerReconciler: the filters (static, the request's numbers, live state), then the picker
-of `routing.strategy`. With exactly one survivor the reason is always `only_healthy_backend`."""
+"""SchedulerReconciler: the filters of `FILTERS` in order (static, the request's numbers, live
+state), then the picker of `routing.strategy` from `PICKERS`. With exactly one survivor the
+reason is always `only_healthy_backend`.
+
+The smart picker's score (`scorers.py`) is one integer expression of three named terms rather
+than a registry of scorers: its terms are fixed by the API (the weights in the config, the
+sub-scores Explain reports), and iterating a registry per candidate would add calls to every
+ranking."""
 
 from __future__ import annotations
 
 from nexus_grpc.pipeline.intent import Intent
-from nexus_grpc.pipeline.snapshot import Candidate, Snapshot
-from nexus_grpc.reconcilers.scheduler.filters import (
-    NAME,
-    capability_rule,
-    context_exclusion,
-    status_exclusion,
-)
+from nexus_grpc.pipeline.snapshot import Snapshot
+from nexus_grpc.reconcilers.scheduler.filters import FILTERS, NAME
 from nexus_grpc.reconcilers.scheduler.pickers import MAX_ALTERNATES, PICKERS
 
-__all__ = ["MAX_ALTERNATES", "SchedulerReconciler"]
+__all__ = ["FILTERS", "MAX_ALTERNATES", "PICKERS", "SchedulerReconciler"]
 
 
 class SchedulerReconciler:
@@ -21,20 +22,9 @@ class SchedulerReconciler:
     fail_open = False
 
     def reconcile(self, intent: Intent, snap: Snapshot) -> None:
-        request = intent.request
-        model = intent.model
-        needs = (request.needs_vision, request.needs_tools, request.needs_json_mode)
-        intent.apply_static(snap, capability_rule, (model, *needs))
-        total = request.estimated_input_tokens + request.output_tokens
-        now = snap.monotonic
-        survivors: list[Candidate] = []
-        for c in intent.candidates:
-            excluded = context_exclusion(c, model, total) or status_exclusion(c, model, now)
-            if excluded is None:
-                survivors.append(c)
-            else:
-                intent.exclusions.append(excluded)
-        intent.narrow(survivors)
+        for narrow in FILTERS:
+            narrow(intent, snap)
+        survivors = intent.candidates
         if not survivors:
             return
         pick = PICKERS[snap.fleet.config.routing.strategy](intent, snap, survivors)

@@ -1,20 +1,29 @@
-"""The scheduler's filters, in the order they run; one exclusion per dropped backend.
+"""The scheduler's filters, registered in `FILTERS` in the order they run. A filter is a
+function `filter(intent, snap) -> None` that narrows `intent.candidates` under the stage contract
+(one exclusion per dropped backend, in the scheduler's name, never one added):
 
-- `capability_rule` (static): not in the registry, the model missing, or a needed capability
-  (`vision`, `tools`, `json_mode`) missing — every missing one listed;
-- `context_exclusion` (the request's numbers): input + output estimate above the context length;
-- `status_exclusion` (live state): UNHEALTHY/UNKNOWN, DRAINING, LOADING (reason with progress,
-  suggestion with the ETA), then SATURATED (in flight >= max_concurrency when that is > 0).
+1. `capability_filter` (static, memoized per fleet version by `capability_rule`): not in the
+   registry, the model missing, or a needed capability (`vision`, `tools`, `json_mode`) missing —
+   every missing one listed;
+2. `availability_filter` (the request's numbers, then live state), per candidate in one pass:
+   `context_exclusion` — input + output estimate above the context length — else
+   `status_exclusion` — UNHEALTHY/UNKNOWN, DRAINING, LOADING (reason with progress, suggestion
+   with the ETA), then SATURATED (in flight >= max_concurrency when that is > 0). One pass, not
+   two, keeps the reasons in candidate order (a Reject lists them so).
 
 Static checks come first so that a backend that could never serve the request is never waited
-for. Reasons are prepared once per candidate and what their text depends on.
+for. Live reasons are prepared once per candidate and what their text depends on
+(`intent.prepared_reason`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from nexus_grpc.domain.decision import Exclusion
 from nexus_grpc.domain.enums import BackendStatus, ExclusionCode
-from nexus_grpc.pipeline.snapshot import Candidate, Fleet
+from nexus_grpc.pipeline.intent import Intent, prepared_reason
+from nexus_grpc.pipeline.snapshot import Candidate, Fleet, Snapshot
 
 NAME = "SchedulerReconciler"
 # enum members as module constants: class attribute access on an Enum is slow in Python 3.11
@@ -87,61 +96,96 @@ def status_exclusion(c: Candidate, model: str, now: float) -> Exclusion | None:
     if status == HEALTHY:
         if not saturated(c):
             return None
-        limit = c.backend.max_concurrency
-        in_flight = len(live.in_flight)
-        return c.reason(
-            ("saturated", in_flight, limit),
-            lambda: Exclusion(
-                c.id,
-                model,
-                NAME,
-                ExclusionCode.SATURATED,
-                f"backend {c.id} has {in_flight} requests in flight (max_concurrency {limit})",
-                "retry shortly, or raise max_concurrency / add capacity",
-            ),
-        )
+        return prepared_reason(c, saturated_reason, model, len(live.in_flight), c.backend.max_concurrency)
     if status == LOADING:
         return loading_exclusion(c, model, live.loading_eta_ms(now))
-    version = live.version
-
-    def build() -> Exclusion:
-        detail = f": {live.reason}" if live.reason else ""
-        if status == DRAINING:
-            return Exclusion(
-                c.id,
-                model,
-                NAME,
-                ExclusionCode.DRAINING,
-                f"backend {c.id} is draining{detail}",
-                "use another backend; an operator set it to drain",
-            )
-        word = "unhealthy" if status == BackendStatus.UNHEALTHY else "of unknown health"
-        return Exclusion(
-            c.id,
-            model,
-            NAME,
-            ExclusionCode.UNHEALTHY,
-            f"backend {c.id} is {word}{detail}",
-            "check the backend; it returns when health checks or an operator mark it healthy",
-        )
-
-    return c.reason(("status", version), build)
+    return prepared_reason(c, status_reason, model, status, live.reason)
 
 
 def loading_exclusion(c: Candidate, model: str, eta_ms: int) -> Exclusion:
-    """Prepared once per (state version, ETA rounded up to 100 ms)."""
-    live = c.live
-    eta = -(-eta_ms // 100) * 100
+    """Prepared once per (loading progress, ETA rounded up to 100 ms)."""
+    return prepared_reason(c, loading_reason, model, c.live.loading_progress, -(-eta_ms // 100) * 100)
 
-    def build() -> Exclusion:
-        progress = f", {live.loading_progress}% loaded" if live.loading_progress is not None else ""
+
+# The prepared reasons' builders (`intent.prepared_reason`): each text depends only on the
+# arguments and the candidate's id.
+
+
+def saturated_reason(c: Candidate, model: str, in_flight: int, limit: int) -> Exclusion:
+    return Exclusion(
+        c.id,
+        model,
+        NAME,
+        ExclusionCode.SATURATED,
+        f"backend {c.id} has {in_flight} requests in flight (max_concurrency {limit})",
+        "retry shortly, or raise max_concurrency / add capacity",
+    )
+
+
+def status_reason(c: Candidate, model: str, status: BackendStatus, detail: str) -> Exclusion:
+    """DRAINING, UNHEALTHY or UNKNOWN, with the reason the state was set for (`detail`)."""
+    said = f": {detail}" if detail else ""
+    if status == DRAINING:
         return Exclusion(
             c.id,
             model,
             NAME,
-            ExclusionCode.LOADING,
-            f"backend {c.id} is loading model '{model}'{progress}",
-            f"retry in about {eta} ms" if eta else "retry when loading completes (ETA unknown)",
+            ExclusionCode.DRAINING,
+            f"backend {c.id} is draining{said}",
+            "use another backend; an operator set it to drain",
         )
+    word = "unhealthy" if status == BackendStatus.UNHEALTHY else "of unknown health"
+    return Exclusion(
+        c.id,
+        model,
+        NAME,
+        ExclusionCode.UNHEALTHY,
+        f"backend {c.id} is {word}{said}",
+        "check the backend; it returns when health checks or an operator mark it healthy",
+    )
 
-    return c.reason(("loading", live.version, eta), build)
+
+def loading_reason(c: Candidate, model: str, progress: int | None, eta: int) -> Exclusion:
+    """`eta`: ms, already rounded up to 100 ms (0: unknown)."""
+    loaded = f", {progress}% loaded" if progress is not None else ""
+    return Exclusion(
+        c.id,
+        model,
+        NAME,
+        ExclusionCode.LOADING,
+        f"backend {c.id} is loading model '{model}'{loaded}",
+        f"retry in about {eta} ms" if eta else "retry when loading completes (ETA unknown)",
+    )
+
+
+# -- the registered filters -------------------------------------------------------------------
+
+Filter = Callable[[Intent, Snapshot], None]
+
+
+def capability_filter(intent: Intent, snap: Snapshot) -> None:
+    """Static: `capability_rule` for the request's needs."""
+    request = intent.request
+    needs = (intent.model, request.needs_vision, request.needs_tools, request.needs_json_mode)
+    intent.apply_static(snap, capability_rule, needs)
+
+
+def availability_filter(intent: Intent, snap: Snapshot) -> None:
+    """The request's numbers, then live state: `context_exclusion`, else `status_exclusion`."""
+    request = intent.request
+    model = intent.model
+    total = request.estimated_input_tokens + request.output_tokens
+    now = snap.monotonic
+    kept: list[Candidate] = []
+    for c in intent.candidates:
+        excluded = (context_exclusion(c, model, total) if total > c.ctx_limit else None) or status_exclusion(
+            c, model, now
+        )
+        if excluded is None:
+            kept.append(c)
+        else:
+            intent.exclusions.append(excluded)
+    intent.narrow(kept)
+
+
+FILTERS: tuple[Filter, ...] = (capability_filter, availability_filter)

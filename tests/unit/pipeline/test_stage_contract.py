@@ -62,7 +62,7 @@ class Adder:
 
     def reconcile(self, intent: Intent, snap: Snapshot) -> None:
         intent.candidates = [*intent.candidates, *snap.fleet.candidates["x"]]
-        intent.live_narrowed = True
+        intent.static = None
 
 
 class SilentDropper:

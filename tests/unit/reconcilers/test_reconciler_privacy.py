@@ -217,7 +217,7 @@ def _ghost(model: str) -> Candidate:
 def test_unregistered_candidate_is_treated_as_open() -> None:
     snap, intent = _snapshot_and_intent("m")
     intent.candidates = [*intent.candidates, _ghost("m")]
-    intent.live_narrowed = True  # a hand-made candidate list, not a memoized tuple
+    intent.static = None  # a hand-made candidate list, not a memoized static set
     PrivacyReconciler().reconcile(intent, snap)
     assert [c.id for c in intent.candidates] == ["local"]
     assert {(e.backend_id, e.code) for e in intent.exclusions} == {

@@ -191,7 +191,7 @@ def test_candidate_missing_from_registry_is_excluded() -> None:
         backend("ghost"), ModelSpec("m"), Price(0, 0), LiveBackend(BackendStatus.HEALTHY, 60), 5
     )
     intent.candidates = [ghost, *intent.candidates]
-    intent.live_narrowed = True  # a hand-made candidate list, not a memoized tuple
+    intent.static = None  # a hand-made candidate list, not a memoized static set
     SchedulerReconciler().reconcile(intent, snap)
     assert [(e.backend_id, e.code) for e in intent.exclusions] == [("ghost", ExclusionCode.NOT_IN_REGISTRY)]
     assert intent.winner is not None

@@ -10,13 +10,15 @@ import pytest
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc.domain.enums import BackendStatus, PrivacyZone
 from nexus_grpc.servicers.convert import decision_to_proto
-from nexus_grpc.servicers.wire import decide_response
+from nexus_grpc.servicers.wire import ResponseEncoder
 from nexus_grpc.testing.builders import backend, budget_config, config, engine, request
+
+ENCODER = ResponseEncoder()  # one for the module: later tests reuse what earlier ones encoded
 
 
 def check(eng: object, req: object) -> dpb.DecideResponse:
     d = asyncio.run(eng.decide(req))  # type: ignore[attr-defined]
-    parsed = dpb.DecideResponse.FromString(decide_response(d))
+    parsed = dpb.DecideResponse.FromString(ENCODER.decide_response(d))
     assert parsed == decision_to_proto(d)
     return parsed
 
