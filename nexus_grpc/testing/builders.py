@@ -322,7 +322,6 @@ def report(eng: DecisionEngine, outcome: Outcome) -> OutcomeResult:
 
 
 __all__ = [
-    "PolicySpec",
     "PriceLike",
     "ZoneLike",
     "backend",
