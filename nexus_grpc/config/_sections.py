@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nexus_grpc.config import _reader
-from nexus_grpc.config._reader import Context, Table, resolve_path, shown
+from nexus_grpc.config._reader import Context, Table, resolve_path, shown, text_rule
 from nexus_grpc.config.schema import (
     EXPOSE_REASONS,
     LEDGER_KINDS,
@@ -173,11 +173,15 @@ def telemetry(t: Table | None, ctx: Context) -> TelemetryConfig:
     otlp_endpoint = t.string("otlp_endpoint", d.otlp_endpoint)
     if otlp_endpoint and not t.check("otlp_endpoint", otlp_endpoint, validate.http_url):
         otlp_endpoint = d.otlp_endpoint
+    service_name = t.string("service_name", d.service_name)
+    if service_name and not t.check("service_name", service_name, text_rule(256, allow_space=False)):
+        service_name = d.service_name
     result = TelemetryConfig(
         prometheus_listen=address(
             t, "prometheus_listen", d.prometheus_listen, allow_empty=True, allow_unix=False
         ),
         otlp_endpoint=otlp_endpoint,
+        service_name=service_name,
         trace_sample_ratio=t.number("trace_sample_ratio", d.trace_sample_ratio, 0.0, 1.0),
         decision_log=decision_log,
     )

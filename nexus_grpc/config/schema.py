@@ -123,6 +123,7 @@ class EnvoyConfig:
 class TelemetryConfig:
     prometheus_listen: str = ""
     otlp_endpoint: str = ""
+    service_name: str = ""  # "" = OTEL_SERVICE_NAME, else "nexus-grpc"
     trace_sample_ratio: float = 0.0
     decision_log: str = ""
 

@@ -2,10 +2,12 @@
 attributes — exported over OTLP/HTTP (JSON) by a background thread from a bounded queue.
 
 On when an OTLP endpoint is set (`[telemetry] otlp_endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`;
-spans go to `<endpoint>/v1/traces`). Sampling is parent-based: a sampled incoming `traceparent`
-is always honoured; a request without one is sampled at `[telemetry] trace_sample_ratio`.
-`OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` describe the service as OpenTelemetry says.
-When tracing is off nothing here runs on the hot path: the gate and the servicers hold None.
+spans go to `<endpoint>/v1/traces`). Sampling is parent-based: an incoming `traceparent` decides
+(sampled: recorded; not sampled: not), a request without one is sampled at
+`[telemetry] trace_sample_ratio`. The service is named by `[telemetry] service_name`, else
+`OTEL_SERVICE_NAME`, else a `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else "nexus-grpc"; the
+other `OTEL_RESOURCE_ATTRIBUTES` are kept. When tracing is off nothing here runs on the hot path:
+the gate and the servicers hold None.
 
 Never prompt or message content: only ids, model names, verdicts, codes and counts.
 
@@ -31,7 +33,7 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -47,6 +49,7 @@ QUEUE_SIZE = 4096  # finished spans waiting for export; beyond it spans are drop
 BATCH_SIZE = 512
 EXPORT_EVERY_S = 1.0
 _PROPAGATOR = TraceContextTextMapPropagator()
+_WAKE = "wake"
 
 
 def otlp_base(config: TelemetryConfig) -> str:
@@ -54,10 +57,13 @@ def otlp_base(config: TelemetryConfig) -> str:
     return (config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")).rstrip("/")
 
 
-def resource() -> Resource:
-    """service.name "nexus-grpc" unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES says otherwise."""
+def resource(config: TelemetryConfig) -> Resource:
+    """The service's resource: `OTEL_RESOURCE_ATTRIBUTES` and `service.version`; `service.name`
+    from the config, else `OTEL_SERVICE_NAME`, else `OTEL_RESOURCE_ATTRIBUTES`, else "nexus-grpc"."""
     attributes: dict[str, Any] = {"service.version": __version__}
-    if (
+    if config.service_name:
+        attributes["service.name"] = config.service_name  # the file wins over the environment
+    elif (
         not os.environ.get("OTEL_SERVICE_NAME")
         and "service.name" not in OTELResourceDetector().detect().attributes
     ):
@@ -66,14 +72,17 @@ def resource() -> Resource:
 
 
 class BoundedBatchProcessor(SpanProcessor):
-    """Finished spans go to a bounded queue (never blocking the event loop; a full queue drops the
-    span and counts it); one thread exports them in batches."""
+    """Finished spans go to a bounded queue (never blocking the event loop); one thread exports
+    them in batches. `dropped` counts every sampled span that did not reach the collector: the
+    queue was full, or the export of its batch failed (the collector refused it, or could not be
+    reached within the exporter's timeout and retries)."""
 
-    def __init__(self, exporter: SpanExporter, *, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(self, exporter: SpanExporter, *, queue_size: int | None = None) -> None:
         self.exporter = exporter
         self.dropped = 0
         self.exported = 0
-        self._queue: queue.Queue[ReadableSpan | None] = queue.Queue(maxsize=queue_size)
+        # a span; _WAKE (a flush wants the batch now); None (stop)
+        self._queue: queue.Queue[ReadableSpan | str | None] = queue.Queue(maxsize=queue_size or QUEUE_SIZE)
         self._flush = threading.Event()
         self._flushed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="nexus-trace-export", daemon=True)
@@ -101,11 +110,13 @@ class BoundedBatchProcessor(SpanProcessor):
                 if item is None:
                     stop = True
                     break
+                if isinstance(item, str):  # _WAKE: export what is here without waiting
+                    break
                 batch.append(item)
             if batch:
                 self._export(batch)
-            if self._queue.empty():
-                with self._flushed:
+            with self._flushed:  # under the lock: a flush begun since is not cleared unseen
+                if self._queue.empty():
                     self._flush.clear()
                     self._flushed.notify_all()
             if stop:
@@ -113,14 +124,20 @@ class BoundedBatchProcessor(SpanProcessor):
 
     def _export(self, batch: Sequence[ReadableSpan]) -> None:
         try:
-            self.exporter.export(batch)
-            self.exported += len(batch)
+            result = self.exporter.export(batch)
         except Exception as exc:  # an unreachable collector must not stop the thread
             log.warning("trace export of %d span(s) failed: %s", len(batch), exc)
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(batch)
+        else:  # the exporter has said why (a warning per failed batch)
+            self.dropped += len(batch)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         with self._flushed:
             self._flush.set()
+            with suppress(queue.Full):  # a full queue: the thread is not waiting anyway
+                self._queue.put_nowait(_WAKE)
             return self._flushed.wait_for(lambda: not self._flush.is_set(), timeout_millis / 1000)
 
     def shutdown(self) -> None:
@@ -141,7 +158,7 @@ class Tracing:
             exporter or OTLPSpanExporter(endpoint=self.endpoint, timeout=5)
         )
         self.provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(config.trace_sample_ratio)), resource=resource()
+            sampler=ParentBased(TraceIdRatioBased(config.trace_sample_ratio)), resource=resource(config)
         )
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("nexus_grpc", __version__)
