@@ -44,7 +44,7 @@ METRICS = {
     "nexus_outcomes_estimated_total": "Outcomes charged at the decision-time estimate",
     "nexus_outcomes_unknown_total": "Reports of decisions this server did not make (charged, no statistics)",
     "nexus_outcomes_clamped_total": "Outcomes charged the per-outcome ceiling [limits] max_charge_usd",
-    "nexus_trace_spans_dropped_total": "Trace spans dropped because the export queue was full",
+    "nexus_trace_spans_dropped_total": "Trace spans lost: the export queue was full or the export failed",
     "nexus_decision_log_dropped_total": "Decision log lines dropped because the queue was full",
 }
 
