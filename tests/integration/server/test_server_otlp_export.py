@@ -5,14 +5,15 @@ match the Prometheus endpoint."""
 
 from __future__ import annotations
 
+import json
 import re
-import socket
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support.net import free_port
 from support.otlp import Collector, attrs, hex_id
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
@@ -33,13 +34,6 @@ STAGES = [
 
 def traceparent(trace_id: str, sampled: bool) -> str:
     return f"00-{trace_id}-00f067aa0ba902b7-{'01' if sampled else '00'}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def telemetry_toml(small_toml: str, url: str, *, ratio: float = 1.0, extra: str = "") -> str:
@@ -96,6 +90,16 @@ def test_the_files_endpoint_and_service_name_win_over_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     other = Collector()  # what the environment names: must receive nothing
+    receive, metric_resources = collector.receive, []
+
+    def keep_resource(path: str, content_type: str, body: bytes) -> None:
+        if path == "/v1/metrics":
+            metric_resources.extend(
+                attrs(rm["resource"]["attributes"]) for rm in json.loads(body)["resourceMetrics"]
+            )
+        receive(path, content_type, body)
+
+    monkeypatch.setattr(collector, "receive", keep_resource)
     try:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", other.url)
         monkeypatch.setenv("OTEL_SERVICE_NAME", "from-the-environment")
@@ -112,6 +116,7 @@ def test_the_files_endpoint_and_service_name_win_over_the_environment(
         assert otlp is not None and otlp.endpoint == f"{collector.url}/v1/metrics"
         assert otlp.provider.force_flush(10_000)
         assert "nexus.decisions" in latest_metrics(collector)
+        assert metric_resources and all(r["service.name"] == "router-eu" for r in metric_resources)
         assert other.paths == []  # neither spans nor metrics went where the environment said
     finally:
         other.close()
