@@ -48,7 +48,7 @@ class Telemetry:
         if telemetry.prometheus_listen:
             self.metrics_server = serve_metrics(telemetry.prometheus_listen, read)
         if Tracing.enabled(telemetry):
-            self.otlp_metrics = OtlpMetrics(otlp_base(telemetry), read)
+            self.otlp_metrics = OtlpMetrics(otlp_base(telemetry), read, service_name=telemetry.service_name)
 
     def stop(self, engine: DecisionEngine) -> None:
         if self.metrics_server is not None:
