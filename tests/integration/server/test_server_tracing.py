@@ -44,7 +44,7 @@ def tracing_toml(small_toml: str, url: str, ratio: float = 1.0) -> str:
 
 
 def test_a_decide_span_joins_the_callers_trace_with_one_child_per_stage(
-    start_server: Callable[..., TestServer], small_toml: str, collector: Collector
+    collector: Collector, start_server: Callable[..., TestServer], small_toml: str
 ) -> None:
     server = start_server(config_text=tracing_toml(small_toml, collector.url, ratio=0.0))
     stub = dgrpc.DecisionServiceStub(server.channel)
@@ -82,7 +82,7 @@ def test_a_decide_span_joins_the_callers_trace_with_one_child_per_stage(
 
 
 def test_reject_and_report_spans(
-    start_server: Callable[..., TestServer], small_toml: str, collector: Collector
+    collector: Collector, start_server: Callable[..., TestServer], small_toml: str
 ) -> None:
     server = start_server(config_text=tracing_toml(small_toml, collector.url))
     stub = dgrpc.DecisionServiceStub(server.channel)
@@ -109,9 +109,9 @@ def test_reject_and_report_spans(
 
 
 def test_nothing_is_exported_with_tracing_off(
+    collector: Collector,  # set up first, so the server stops before the collector does
     start_server: Callable[..., TestServer],
     small_toml: str,
-    collector: Collector,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
@@ -125,9 +125,9 @@ def test_nothing_is_exported_with_tracing_off(
 
 
 def test_the_environment_names_the_endpoint_and_the_service(
+    collector: Collector,  # set up first, so the server stops before the collector does
     start_server: Callable[..., TestServer],
     small_toml: str,
-    collector: Collector,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
@@ -188,7 +188,7 @@ def test_the_envoy_protos_and_the_exporter_live_in_one_process() -> None:
 
 
 def test_the_aggregates_also_go_out_as_otlp_metrics(
-    start_server: Callable[..., TestServer], small_toml: str, collector: Collector
+    collector: Collector, start_server: Callable[..., TestServer], small_toml: str
 ) -> None:
     server = start_server(config_text=tracing_toml(small_toml, collector.url))
     stub = dgrpc.DecisionServiceStub(server.channel)
