@@ -1,0 +1,157 @@
+"""Trust-boundary rules on a real server (a `TestServer`, called over gRPC through the generated
+stubs), each tried the way the careless or hostile caller it guards against would:
+
+- a report naming another backend is priced at the routed one;
+- reports of decisions the server never made are charged but feed no statistics;
+- a hostile policy glob cannot block the event loop;
+- a reload of a file that cannot run is INVALID_ARGUMENT naming the key, the old config kept;
+- a ledger that cannot store changes shows in the metrics and holds no reservation;
+- the admin loopback rule goes by resolved addresses, not by how the host is spelled;
+- concurrent Decides sharing a request id each need their own slot.
+
+Self-contained on purpose: only `nexus_grpc.testing` and the generated stubs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2_grpc
+
+from nexus_grpc._gen.nexus.v1 import admin_pb2_grpc, budget_pb2_grpc, decision_pb2_grpc, registry_pb2_grpc
+from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
+from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
+from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
+from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
+from nexus_grpc.testing.server import TestServer
+
+TOKEN_VARS = ("NEXUS_ADMIN_TOKEN", "NEXUS_CLIENT_TOKEN")
+
+
+class Stubs:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.decision = decision_pb2_grpc.DecisionServiceStub(channel)
+        self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        self.budget = budget_pb2_grpc.BudgetServiceStub(channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+    def backend(self, backend_id: str) -> tpb.Backend:
+        return self.registry.GetBackend(rpb.GetBackendRequest(backend_id=backend_id), timeout=5).backend
+
+    def global_budget(self) -> tpb.BudgetState:
+        return self.budget.GetBudget(bpb.GetBudgetRequest(), timeout=5).budget
+
+    def report(self, **fields: Any) -> dpb.ReportOutcomeResponse:
+        return self.decision.ReportOutcome(dpb.ReportOutcomeRequest(**fields), timeout=5)
+
+
+Start = Callable[..., TestServer]
+
+
+@pytest.fixture(autouse=True)
+def _no_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in TOKEN_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def start() -> Iterator[Start]:
+    """start(config_text=... | config_path=..., listen=...) -> a started TestServer, stopped at
+    teardown."""
+    servers: list[TestServer] = []
+
+    def run(**kwargs: Any) -> TestServer:
+        server = TestServer(**kwargs).start()
+        servers.append(server)
+        return server
+
+    yield run
+    for server in servers:
+        server.stop()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    err: Any = info.value
+    return err.code(), err.details() or ""
+
+
+# --- reports are priced and counted by what the engine decided --------------------------------
+
+# a and b serve gpt-4-turbo at the built-in table price (0.01 in / 0.03 out per 1k tokens), b is
+# a's alternate; local is free and serves another model. A breaker opens after 3 outcomes at a
+# 50 % error rate, so six counted failures would surely open it.
+FLEET_TOML = """\
+[server]
+drain_seconds = 0
+[routing]
+strategy = "smart"
+[routing.budget]
+monthly_limit_usd = 100.0
+hard_limit_action = "block_cloud"
+[quality]
+min_requests = 3
+error_rate_threshold = 0.5
+[ledger]
+kind = "memory"
+[[backends]]
+id = "a"
+url = "https://a.example.com"
+type = "openai"
+priority = 1
+[[backends.models]]
+id = "gpt-4-turbo"
+[[backends]]
+id = "b"
+url = "https://b.example.com"
+type = "openai"
+priority = 20
+[[backends.models]]
+id = "gpt-4-turbo"
+[[backends]]
+id = "local"
+url = "http://127.0.0.1:9001"
+type = "ollama"
+[[backends.models]]
+id = "llama3:8b"
+"""
+
+TURBO = dpb.DecideRequest(model="gpt-4-turbo", estimated_input_tokens=1000)
+TURBO_1K_USD = 0.025  # 1000 input tokens (0.01) + 500 output tokens (0.015) on gpt-4-turbo
+
+
+def test_a_report_naming_a_free_unrelated_backend_is_charged_at_the_routed_price(start: Start) -> None:
+    s = Stubs(start(config_text=FLEET_TOML).channel)
+    route = s.decision.Decide(TURBO, timeout=5).route
+    assert (route.backend_id, list(route.alternates)) == ("a", ["b"])
+    out = s.report(
+        decision_id=route.decision_id,
+        backend_id="local",  # free, and it does not serve gpt-4-turbo
+        success=True,
+        input_tokens=1000,
+        output_tokens=500,
+        ttft_ms=10,
+    )
+    assert (out.recorded, out.decision_id, out.estimated) == (True, route.decision_id, False)
+    assert math.isclose(out.cost_usd, TURBO_1K_USD)  # a's price, not local's $0
+    budget = s.global_budget()
+    assert math.isclose(budget.spent_usd, TURBO_1K_USD)
+    assert budget.reserved_usd == 0
+    # nor counted anywhere: local did not serve the decision, and a was not named
+    for backend_id in ("local", "a"):
+        assert s.backend(backend_id).latency_ema_ms == 0
+    assert s.backend("a").in_flight == 0  # the report still settled the decision
