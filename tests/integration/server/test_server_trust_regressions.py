@@ -155,3 +155,38 @@ def test_a_report_naming_a_free_unrelated_backend_is_charged_at_the_routed_price
     for backend_id in ("local", "a"):
         assert s.backend(backend_id).latency_ema_ms == 0
     assert s.backend("a").in_flight == 0  # the report still settled the decision
+
+
+def _forged(n: int) -> dict[str, Any]:
+    """Every other report names an unknown request id, the rest an unknown decision id of the
+    form this server issues."""
+    if n % 2:
+        return {"decision_id": f"{0xF0F0F0F0F0F0F0F0 + n:016x}-{n:x}"}
+    return {"request_id": f"forged-{n}"}
+
+
+def test_forged_failure_reports_leave_a_healthy_backend_routing(start: Start) -> None:
+    s = Stubs(start(config_text=FLEET_TOML).channel)
+    for n in range(6):
+        out = s.report(backend_id="a", success=False, http_status=500, **_forged(n))
+        assert (out.recorded, out.decision_id) == (True, "")  # charged (nothing here), unknown
+    a = s.backend("a")
+    assert (a.status, a.error_rate, a.latency_ema_ms, a.avg_ttft_ms) == (tpb.BACKEND_STATUS_HEALTHY, 0, 0, 0)
+    resp = s.decision.Decide(TURBO, timeout=5)
+    assert resp.route.backend_id == "a", resp  # the breaker stayed shut
+    assert not [r for r in resp.route.alternates if r != "b"]
+
+
+def test_forged_ttft_reports_leave_scores_and_order_alone(start: Start) -> None:
+    s = Stubs(start(config_text=FLEET_TOML).channel)
+    explain = dpb.ExplainRequest(model="gpt-4-turbo", estimated_input_tokens=1000, stream=True)
+    before = s.decision.Explain(explain, timeout=5)
+    assert [c.backend_id for c in before.scores] == ["a", "b"]
+    for n in range(20):
+        out = s.report(backend_id="a", success=True, ttft_ms=60_000, **_forged(n))
+        assert out.decision_id == ""
+    after = s.decision.Explain(explain, timeout=5)
+    assert list(after.scores) == list(before.scores)
+    assert after.decision.route.backend_id == before.decision.route.backend_id == "a"
+    a = s.backend("a")
+    assert (a.latency_ema_ms, a.avg_ttft_ms) == (0, 0)
