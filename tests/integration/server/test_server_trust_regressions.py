@@ -14,6 +14,7 @@ Self-contained on purpose: only `nexus_grpc.testing` and the generated stubs.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2_grpc, budget_pb2_grpc, decision_pb2_grpc, registry_pb2_grpc
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
@@ -190,3 +191,58 @@ def test_forged_ttft_reports_leave_scores_and_order_alone(start: Start) -> None:
     assert after.decision.route.backend_id == before.decision.route.backend_id == "a"
     a = s.backend("a")
     assert (a.latency_ema_ms, a.avg_ttft_ms) == (0, 0)
+
+
+# --- no input can block the event loop ------------------------------------------------------
+
+# multi-star globs, the classic catastrophic cases for a backtracking matcher; the model names
+# pass every cheap pre-filter (prefix, suffix, length), so the matcher itself decides
+HOSTILE_GLOBS = ("*" + "?*" * 40 + "x", "*a" * 40 + "*b")
+
+
+def long_model(n: int) -> str:
+    """160 characters, ending in "b", with 39 "a": no policy matches (the second needs 40)."""
+    return "ac" * 39 + "c" * 80 + "defghijklm"[n] + "b"
+
+
+def _hostile_toml() -> str:
+    policies = "".join(
+        f'[[routing.policies]]\nmodel_pattern = "{glob}"\nprivacy = "restricted"\n' for glob in HOSTILE_GLOBS
+    )
+    return f"""\
+[server]
+drain_seconds = 0
+[ledger]
+kind = "memory"
+{policies}[[backends]]
+id = "local"
+url = "http://127.0.0.1:9001"
+type = "ollama"
+[[backends.models]]
+id = "{long_model(0)}"
+"""
+
+
+def test_a_hostile_policy_glob_never_blocks_decide_or_health(start: Start) -> None:
+    """Decide on a 160-character model under multi-star policies, with a health Check in flight
+    beside it: both answer within the timeout (a backtracking matcher held the loop ~14 s).
+    Policies are matched on the first Decide of each model name, so every name here is new."""
+    server = start(config_text=_hostile_toml())
+
+    async def both() -> tuple[dpb.DecideResponse, health_pb2.HealthCheckResponse, list[str]]:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
+            check = health_pb2_grpc.HealthStub(channel).Check
+            await channel.channel_ready()
+            async with asyncio.timeout(5):
+                decided, checked = await asyncio.gather(
+                    decide(dpb.DecideRequest(model=long_model(0))),
+                    check(health_pb2.HealthCheckRequest(service="")),
+                )
+                others = [(await decide(dpb.DecideRequest(model=long_model(n)))) for n in range(1, 10)]
+                return decided, checked, [str(o.WhichOneof("decision")) for o in others]
+
+    decided, checked, others = asyncio.run(both())
+    assert decided.route.backend_id == "local", decided
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    assert others == ["reject"] * 9  # models nobody serves, each matched against the policies
