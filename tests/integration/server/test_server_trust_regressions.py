@@ -18,12 +18,14 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import admin_pb2_grpc, budget_pb2_grpc, decision_pb2_grpc, registry_pb2_grpc
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
@@ -246,3 +248,45 @@ def test_a_hostile_policy_glob_never_blocks_decide_or_health(start: Start) -> No
     assert decided.route.backend_id == "local", decided
     assert checked.status == health_pb2.HealthCheckResponse.SERVING
     assert others == ["reject"] * 9  # models nobody serves, each matched against the policies
+
+
+# --- a reload of a file that cannot run -----------------------------------------------------
+
+SMALL_TOML = """\
+[server]
+drain_seconds = 0
+[ledger]
+kind = "memory"
+[[backends]]
+id = "local"
+url = "http://127.0.0.1:9001"
+type = "ollama"
+[[backends.models]]
+id = "m"
+[[backends]]
+id = "other"
+url = "http://127.0.0.1:9002"
+type = "vllm"
+[[backends.models]]
+id = "m2"
+"""
+
+
+def test_a_reload_with_an_unbalanced_ipv6_url_is_invalid_argument_and_keeps_the_old_config(
+    start: Start, tmp_path: Path
+) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text(SMALL_TOML)
+    s = Stubs(start(config_path=path).channel)
+    version = s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5).config_version
+    path.write_text(SMALL_TOML.replace("http://127.0.0.1:9002", "http://[::1"))
+    code, details = rpc_error(lambda: s.admin.ReloadConfig(apb.ReloadConfigRequest(), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "nexus.toml" in details and "old one kept" in details
+    assert "backends[1].url" in details and "http://[::1" in details
+    assert "Traceback" not in details
+    info = s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5)
+    assert info.config_version == version
+    assert any("config reload failed" in r for r in info.degraded_reasons), info.degraded_reasons
+    assert s.backend("other").url == "http://127.0.0.1:9002"
+    assert s.decision.Decide(dpb.DecideRequest(model="m2"), timeout=5).route.backend_id == "other"
