@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -290,3 +292,73 @@ def test_a_reload_with_an_unbalanced_ipv6_url_is_invalid_argument_and_keeps_the_
     assert any("config reload failed" in r for r in info.degraded_reasons), info.degraded_reasons
     assert s.backend("other").url == "http://127.0.0.1:9002"
     assert s.decision.Decide(dpb.DecideRequest(model="m2"), timeout=5).route.backend_id == "other"
+
+
+# --- a ledger that cannot store changes -----------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _gauge(port: int, name: str) -> float:
+    """The value of an unlabelled gauge on the server's Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text: str = resp.read().decode()
+    values = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    assert len(values) == 1, f"{name} not exported once: {values}"
+    return float(values[0])
+
+
+SQLITE_TOML = """\
+[server]
+drain_seconds = 0
+[telemetry]
+prometheus_listen = "127.0.0.1:{port}"
+[routing.budget]
+monthly_limit_usd = 100.0
+hard_limit_action = "block_cloud"
+[ledger]
+kind = "sqlite"
+path = "ledger.db"
+[[backends]]
+id = "cloud"
+url = "https://api.openai.com"
+type = "openai"
+[[backends.models]]
+id = "gpt-4-turbo"
+"""
+
+
+def test_a_ledger_write_failure_shows_in_the_metrics_and_reserves_nothing(
+    start: Start, tmp_path: Path
+) -> None:
+    """The ledger's file stops taking writes (sqlite's query_only on the live connection, as a
+    read-only remount would): nexus_ledger_writable reads 0 and the failed priced Decide holds
+    no reservation; once writes work again the gauge reads 1 by itself."""
+    port = _free_port()
+    path = tmp_path / "nexus.toml"
+    path.write_text(SQLITE_TOML.format(port=port))
+    server = start(config_path=path)
+    s = Stubs(server.channel)
+    db = server.runtime.engine.ledger._db  # type: ignore[attr-defined]
+    priced = dpb.DecideRequest(model="gpt-4-turbo", estimated_input_tokens=1000)
+    assert _gauge(port, "nexus_ledger_writable") == 1
+    assert _gauge(port, "nexus_ledger_available") == 1
+
+    server.run(db.run(lambda conn: conn.execute("PRAGMA query_only=1")))
+    code, details = rpc_error(lambda: s.decision.Decide(priced, timeout=5))
+    assert code == grpc.StatusCode.UNAVAILABLE, details
+    assert _gauge(port, "nexus_ledger_writable") == 0
+    budget = s.global_budget()
+    assert (budget.spent_usd, budget.reserved_usd) == (0, 0)
+    assert s.backend("cloud").in_flight == 0
+
+    server.run(db.run(lambda conn: conn.execute("PRAGMA query_only=0")))
+    wait_for(lambda: _gauge(port, "nexus_ledger_writable") == 1, "nexus_ledger_writable back to 1")
+    route = s.decision.Decide(priced, timeout=5).route
+    assert route.backend_id == "cloud"
+    assert math.isclose(s.global_budget().reserved_usd, TURBO_1K_USD)  # exactly this one
