@@ -1,4 +1,5 @@
-"""`nexus-grpc serve` as a real process against files that cannot run.
+"""`nexus-grpc serve` as a real process against files that cannot run, and on a listen name that
+only looks like loopback.
 
 A configuration `serve` cannot run is refused at start: exit 2, the file and the key named, never
 a traceback; `check-config` says the same beforehand (the one exception: a sqlite file whose
@@ -11,14 +12,24 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
+from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc, registry_pb2_grpc
+from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
+from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 
 REPO = Path(__file__).resolve().parents[3]
 TLS_EXAMPLE = REPO / "docs" / "examples" / "tls"
@@ -239,3 +250,83 @@ def test_serve_refuses_a_read_only_ledger_naming_file_and_key(run: Run, tmp_path
     assert "Traceback" not in err, err
     assert proc.returncode == 2, err
     assert f"{config}: ledger.path: {ledger} is not writable" in err, err
+
+
+# --- a listen name that starts with 127. and resolves to every interface ---------------------
+
+# runs ARGV in a private mount namespace whose /etc/hosts is HOSTS (the C library's resolver,
+# which gRPC binds with, and Python's both read it); nothing outside the namespace sees it
+IN_NAMESPACE = 'mount --bind "$0" /etc/hosts && exec "$@"'
+
+
+def _namespaces_work(hosts: Path) -> str:
+    """Why a private mount namespace cannot be made here, or ''."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return "needs root and util-linux unshare"
+    probe = subprocess.run(
+        [unshare, "-m", "sh", "-c", IN_NAMESPACE, str(hosts), "getent", "hosts", "127.evil.test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"unshare -m with a bind mount failed: {probe.stderr.strip() or probe.returncode}"
+    assert probe.stdout.split()[0] == "0.0.0.0", probe.stdout
+    return ""
+
+
+def wait_serving(target: str, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            assert proc.poll() is None, f"serve exited early: {proc.communicate()[1]}"
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, "serve did not become SERVING"
+            time.sleep(0.05)
+
+
+def test_serve_on_a_127_name_that_resolves_to_the_wildcard_refuses_admin_without_a_token(
+    run: Run, tmp_path: Path
+) -> None:
+    """`--listen 127.evil.test:PORT` where that name resolves to 0.0.0.0: the server binds every
+    interface, so it is not loopback-only whatever its name looks like. It warns at start and
+    refuses admin mutations without a token; data-plane RPCs are served."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("0.0.0.0 127.evil.test\n" + Path("/etc/hosts").read_text())
+    why = _namespaces_work(hosts)
+    if why:
+        pytest.skip(why)
+    config = tmp_path / "nexus.toml"
+    config.write_text(BASE_TOML)
+    port = free_port()
+    unshare = shutil.which("unshare")
+    assert unshare is not None
+    proc = run(
+        unshare, "-m", "sh", "-c", IN_NAMESPACE, str(hosts),
+        *CLI, "serve", "--config", str(config), "--listen", f"127.evil.test:{port}",
+    )  # fmt: skip
+    target = f"127.0.0.1:{port}"
+    wait_serving(target, proc)
+    with grpc.insecure_channel(target) as channel:
+        with pytest.raises(grpc.RpcError) as denied:
+            registry_pb2_grpc.RegistryServiceStub(channel).SetBackendState(
+                rpb.SetBackendStateRequest(backend_id="local", status=tpb.BACKEND_STATUS_DRAINING), timeout=5
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED, denied.value
+        decided = decision_pb2_grpc.DecisionServiceStub(channel).Decide(
+            dpb.DecideRequest(model="m"), timeout=5
+        )
+        assert decided.route.backend_id == "local"  # still healthy: the drain was refused
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"listening on 127.evil.test:{port} beyond loopback with no admin token" in err, err
+    assert "Traceback" not in err

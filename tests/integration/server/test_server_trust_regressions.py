@@ -33,6 +33,7 @@ from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
+from nexus_grpc.state.server import loopback_only
 from nexus_grpc.testing.server import TestServer
 
 TOKEN_VARS = ("NEXUS_ADMIN_TOKEN", "NEXUS_CLIENT_TOKEN")
@@ -362,3 +363,76 @@ def test_a_ledger_write_failure_shows_in_the_metrics_and_reserves_nothing(
     route = s.decision.Decide(priced, timeout=5).route
     assert route.backend_id == "cloud"
     assert math.isclose(s.global_budget().reserved_usd, TURBO_1K_USD)  # exactly this one
+
+
+# --- the admin loopback rule goes by resolved addresses ---------------------------------------
+
+FAKE_HOSTS = {
+    "127.evil.test": ["0.0.0.0"],  # the wildcard: every interface
+    "127.lan.test": ["10.0.0.1"],
+    "127.mixed.test": ["127.0.0.1", "10.0.0.1"],
+    "127.loop.test": ["127.0.0.1", "::1"],
+}
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """socket.getaddrinfo answers FAKE_HOSTS names (everything else as usual); the loopback rule's
+    cache is cleared around the test so no answer leaks in or out."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in FAKE_HOSTS:
+            return [
+                (
+                    socket.AF_INET6 if ":" in a else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    socket.IPPROTO_TCP,
+                    "",
+                    (a, port or 0, 0, 0) if ":" in a else (a, port or 0),
+                )
+                for a in FAKE_HOSTS[host]
+            ]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    loopback_only.cache_clear()
+    yield
+    loopback_only.cache_clear()
+
+
+@pytest.mark.usefixtures("fake_dns")
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.evil.test", False), ("127.lan.test", False), ("127.mixed.test", False), ("127.loop.test", True)],
+)
+def test_the_loopback_rule_resolves_names_that_start_with_127(host: str, loopback: bool) -> None:
+    assert loopback_only(f"{host}:50051") is loopback
+
+
+@pytest.mark.usefixtures("fake_dns")
+def test_a_server_known_by_a_127_name_that_resolves_to_the_wildcard_refuses_admin_without_a_token(
+    start: Start,
+) -> None:
+    """The server really listens on every interface (0.0.0.0), and its listen address is a name
+    that starts with `127.` and resolves there. gRPC binds with the C library's resolver, which a
+    test cannot redirect in-process, so the server binds the wildcard itself and is then known by
+    the name; the `serve` subprocess test in test_server_process_trust.py binds the name itself."""
+    server = start(config_text=SMALL_TOML, listen="0.0.0.0:0")
+    server.runtime.listen = f"127.evil.test:{server.port}"
+    assert not server.runtime.loopback_only
+    s = Stubs(server.channel)
+    code, details = rpc_error(
+        lambda: s.registry.SetBackendState(
+            rpb.SetBackendStateRequest(backend_id="local", status=tpb.BACKEND_STATUS_DRAINING), timeout=5
+        )
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED, details
+    assert "NEXUS_ADMIN_TOKEN" in details
+    assert s.backend("local").status == tpb.BACKEND_STATUS_HEALTHY
+    # the same server known by a name that resolves to loopback only: allowed
+    server.runtime.listen = f"127.loop.test:{server.port}"
+    s.registry.SetBackendState(
+        rpb.SetBackendStateRequest(backend_id="local", status=tpb.BACKEND_STATUS_DRAINING), timeout=5
+    )
+    assert s.backend("local").status == tpb.BACKEND_STATUS_DRAINING
