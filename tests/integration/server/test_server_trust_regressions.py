@@ -436,3 +436,58 @@ def test_a_server_known_by_a_127_name_that_resolves_to_the_wildcard_refuses_admi
         rpb.SetBackendStateRequest(backend_id="local", status=tpb.BACKEND_STATUS_DRAINING), timeout=5
     )
     assert s.backend("local").status == tpb.BACKEND_STATUS_DRAINING
+
+
+# --- concurrent Decides sharing one request id --------------------------------------------------
+
+# one priced backend with a single slot, on a sqlite ledger: every reservation is a write on the
+# ledger's thread, so the concurrent Decides interleave while the first one's write is stored
+ONE_SLOT_TOML = """\
+[server]
+drain_seconds = 0
+[routing.budget]
+monthly_limit_usd = 100.0
+hard_limit_action = "block_all"
+[ledger]
+kind = "sqlite"
+path = "ledger.db"
+[queue]
+enabled = true
+max_wait_ms = 5000
+[[backends]]
+id = "cloud"
+url = "https://api.openai.com"
+type = "openai"
+max_concurrency = 1
+[[backends.models]]
+id = "gpt-4-turbo"
+"""
+
+
+def test_concurrent_decides_sharing_a_request_id_take_one_slot_each(start: Start, tmp_path: Path) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text(ONE_SLOT_TOML)
+    server = start(config_path=path)
+    request = dpb.DecideRequest(model="gpt-4-turbo", request_id="shared", estimated_input_tokens=1000)
+
+    async def burst() -> list[dpb.DecideResponse]:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            decide = decision_pb2_grpc.DecisionServiceStub(channel).Decide
+            await channel.channel_ready()
+            async with asyncio.timeout(10):
+                return list(await asyncio.gather(*(decide(request) for _ in range(5))))
+
+    answers = asyncio.run(burst())
+    kinds = sorted(str(a.WhichOneof("decision")) for a in answers)
+    assert kinds == ["queue"] * 4 + ["route"], answers
+    queued = [a.queue for a in answers if a.WhichOneof("decision") == "queue"]
+    assert all(q.reason == "waiting_for:cloud:gpt-4-turbo" for q in queued), queued
+    s = Stubs(server.channel)
+    assert s.backend("cloud").in_flight == 1
+    assert math.isclose(s.global_budget().reserved_usd, TURBO_1K_USD)  # one reservation
+    (route,) = [a.route for a in answers if a.WhichOneof("decision") == "route"]
+    out = s.report(request_id="shared", backend_id="cloud", success=True)
+    assert (out.recorded, out.decision_id) == (True, route.decision_id)
+    assert s.backend("cloud").in_flight == 0
+    again = s.report(request_id="shared", backend_id="cloud", success=True)
+    assert again.recorded is False  # the queued ones were never decisions to settle
