@@ -233,18 +233,28 @@ def test_routes_keep_privacy_and_exclusions_and_explain_agrees(
 @st.composite
 def budget_cases(draw: st.DrawFn) -> tuple[Config, list[DecisionRequest]]:
     """A random config and requests; half of them pressed: a tight blocking budget (global and
-    tenant limits, block_all or block_cloud) and enough requests to reach it, which random
-    configs alone rarely do; most of their requests name the tenant with a limit."""
+    tenant limits, block_all or block_cloud), more open-zone backends and enough requests of a
+    few cents to reach it, which random configs alone rarely do; most of those requests name the
+    tenant with a limit."""
     cfg = draw(configs())
     if not draw(st.booleans()):
         return cfg, draw(st.lists(requests, min_size=1, max_size=25))
     limit = draw(st.sampled_from((0.01, 0.03, 0.1)))
     budget = budget_config(limit, action=draw(st.sampled_from(BLOCKING)), tenants={"t1": limit / 2})
-    cfg = dataclasses.replace(cfg, routing=dataclasses.replace(cfg.routing, budget=budget))
-    tenant_heavy = st.tuples(requests, st.booleans()).map(
-        lambda r: r[0]._replace(tenant="t1") if r[1] else r[0]
+    # more open-zone backends than random fleets have, so block_cloud has Routes to limit
+    every = draw(st.booleans())
+    fleet = tuple(
+        dataclasses.replace(b, zone=PrivacyZone.OPEN) if every or draw(st.booleans()) else b
+        for b in cfg.backends
     )
-    return cfg, draw(st.lists(tenant_heavy, min_size=8, max_size=25))
+    cfg = dataclasses.replace(cfg, backends=fleet, routing=dataclasses.replace(cfg.routing, budget=budget))
+    # estimates of a few cents at most, so that several Routes fit under a limit and more do not
+    pressing = st.tuples(requests, st.booleans(), st.sampled_from((300, 1000, 3000))).map(
+        lambda r: r[0]._replace(
+            tenant="t1" if r[1] else r[0].tenant, estimated_input_tokens=r[2], max_output_tokens=0
+        )
+    )
+    return cfg, draw(st.lists(pressing, min_size=8, max_size=25))
 
 
 @given(
