@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 def _serve(args: argparse.Namespace) -> int:
     from nexus_grpc.app import ServeOptions, load_runtime, serve
     from nexus_grpc.config.errors import ConfigError
+    from nexus_grpc.errors import LedgerError
 
     try:
         runtime = load_runtime(args.config)
@@ -52,6 +53,15 @@ def _serve(args: argparse.Namespace) -> int:
             on_ready=_announce,
         )
         asyncio.run(serve(runtime, options))
+    except LedgerError as exc:
+        if runtime.port:  # it served, then failed to flush the ledger at the stop
+            print(f"nexus-grpc: {exc}", file=sys.stderr)
+            return 1
+        # the ledger's file passed the checks but cannot be opened (corrupt pages, a file system
+        # that refuses writes): the configuration cannot run, as the loader would have said
+        where = f"{args.config}: ledger.path: " if args.config else ""
+        print(f"nexus-grpc: refusing to start, the ledger cannot be used:\n{where}{exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"nexus-grpc: {exc}", file=sys.stderr)
         return 1

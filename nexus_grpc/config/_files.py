@@ -17,6 +17,7 @@ from nexus_grpc.config._reader import Issues
 from nexus_grpc.config.schema import Config, TlsConfig
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_HEADER_BYTES = 100
 
 
 def check(config: Config, issues: Issues) -> None:
@@ -130,9 +131,14 @@ def _ledger_file(path: Path, issues: Issues) -> None:
             issues.add(key_path, f"{path} is not a regular file")
             return
         with path.open("rb") as file:
-            head = file.read(len(SQLITE_MAGIC))
-        if head and head != SQLITE_MAGIC:
+            head = file.read(SQLITE_HEADER_BYTES)
+        if head and head[: len(SQLITE_MAGIC)] != SQLITE_MAGIC:
             issues.add(key_path, f"{path} exists and is not a sqlite database; refusing to use it")
+            return
+        if head and not _sqlite_header_ok(head):
+            issues.add(
+                key_path, f"{path} is a corrupt sqlite database (its header is damaged); refusing to use it"
+            )
             return
         if not os.access(path, os.R_OK | os.W_OK):
             issues.add(key_path, f"{path} is not writable")
@@ -142,6 +148,17 @@ def _ledger_file(path: Path, issues: Issues) -> None:
             )
     except OSError as exc:
         issues.add(key_path, f"{path}: {exc.strerror or exc}")
+
+
+def _sqlite_header_ok(head: bytes) -> bool:
+    """The fields of the 100-byte database header sqlite itself checks on open ("file is not a
+    database" otherwise): the page size, a power of two from 512 to 65536 (stored as 1), and the
+    payload fractions 64/32/32."""
+    if len(head) < SQLITE_HEADER_BYTES:
+        return False
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    return 512 <= page_size <= 65536 and page_size & (page_size - 1) == 0 and head[21:24] == b"\x40\x20\x20"
 
 
 def _append_file(path: Path, key_path: str, issues: Issues) -> None:

@@ -5,7 +5,8 @@ fallbacks, live state and requests:
   request's own wish; fallbacks inherit the primary's zone);
 - no Route goes to a backend that a stage excluded for the routed model;
 - Explain and Decide agree on the same state;
-- under a blocking budget, spent + reserved never exceeds the limit (estimates are what is held);
+- under a blocking budget (block_all, or block_cloud for open-zone Routes), what the limited
+  Routes hold never exceeds the global limit nor a tenant's (estimates are what is held);
 - every served decision is charged exactly once, whatever ids and repeats the reports use.
 
 Example counts are set per test (`max_examples`); the whole file runs in well under a minute.
@@ -14,7 +15,9 @@ Example counts are set per test (`max_examples`); the whole file runs in well un
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
@@ -22,13 +25,16 @@ from hypothesis import strategies as st
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc.config.glob import Glob
-from nexus_grpc.config.schema import Config, QueueConfig
+from nexus_grpc.config.schema import BudgetConfig, Config, QueueConfig
 from nexus_grpc.domain.backend import BackendConfig, ModelSpec
 from nexus_grpc.domain.decision import Decision, Route
 from nexus_grpc.domain.enums import BackendStatus, PrivacyZone, TierMode
 from nexus_grpc.domain.months import month_of
 from nexus_grpc.domain.request import DecisionRequest, Outcome
+from nexus_grpc.domain.scopes import GLOBAL
 from nexus_grpc.engine import DecisionEngine
+from nexus_grpc.ledger.base import Reservation
+from nexus_grpc.ledger.memory import MemoryLedger
 from nexus_grpc.servicers.convert import decision_to_proto
 from nexus_grpc.servicers.wire import ResponseEncoder
 from nexus_grpc.testing.builders import backend, budget_config, config, engine, policy, request
@@ -45,6 +51,7 @@ STATUSES = (
     BackendStatus.LOADING,
     BackendStatus.DRAINING,
 )
+BLOCKING = ("block_all", "block_cloud")
 SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -200,6 +207,8 @@ class Served:
     request_id: str
     backend_id: str
     estimate: int
+    scopes: tuple[str, ...]  # the ledger scopes it holds money in: global, and its tenant
+    cloud: bool  # routed to an open-zone backend, the ones block_cloud limits
 
 
 @given(cfg=configs(), reqs=st.lists(requests, min_size=1, max_size=12), seed=st.integers(0, 2**32 - 1))
@@ -221,40 +230,86 @@ def test_routes_keep_privacy_and_exclusions_and_explain_agrees(
     asyncio.run(run())
 
 
+@st.composite
+def budget_cases(draw: st.DrawFn) -> tuple[Config, list[DecisionRequest]]:
+    """A random config and requests; half of them pressed: a tight blocking budget (global and
+    tenant limits, block_all or block_cloud), more open-zone backends and enough requests of a
+    few cents to reach it, which random configs alone rarely do; most of those requests name the
+    tenant with a limit."""
+    cfg = draw(configs())
+    if not draw(st.booleans()):
+        return cfg, draw(st.lists(requests, min_size=1, max_size=25))
+    limit = draw(st.sampled_from((0.01, 0.03, 0.1)))
+    budget = budget_config(limit, action=draw(st.sampled_from(BLOCKING)), tenants={"t1": limit / 2})
+    # more open-zone backends than random fleets have, so block_cloud has Routes to limit
+    every = draw(st.booleans())
+    fleet = tuple(
+        dataclasses.replace(b, zone=PrivacyZone.OPEN) if every or draw(st.booleans()) else b
+        for b in cfg.backends
+    )
+    cfg = dataclasses.replace(cfg, backends=fleet, routing=dataclasses.replace(cfg.routing, budget=budget))
+    # estimates of a few cents at most, so that several Routes fit under a limit and more do not
+    pressing = st.tuples(requests, st.booleans(), st.sampled_from((300, 1000, 3000))).map(
+        lambda r: r[0]._replace(
+            tenant="t1" if r[1] else r[0].tenant, estimated_input_tokens=r[2], max_output_tokens=0
+        )
+    )
+    return cfg, draw(st.lists(pressing, min_size=8, max_size=25))
+
+
 @given(
-    cfg=configs(),
-    reqs=st.lists(requests, min_size=1, max_size=25),
+    case=budget_cases(),
     reports=st.lists(st.tuples(st.integers(0, 30), st.booleans(), st.booleans()), max_size=40),
     seed=st.integers(0, 2**32 - 1),
+    yielding=st.booleans(),
 )
 @settings(SETTINGS, max_examples=500)
 def test_budget_holds_and_every_served_decision_is_charged_exactly_once(
-    cfg: Config,
-    reqs: list[DecisionRequest],
+    case: tuple[Config, list[DecisionRequest]],
     reports: list[tuple[int, bool, bool]],
     seed: int,
+    yielding: bool,
 ) -> None:
+    """`yielding`: the ledger's reservations yield to the loop first, as a networked store's do,
+    so the concurrent Decides all pass the budget stage before any of them holds money and only
+    the ledger's own limit check keeps the budget; otherwise the budget stage sees each one."""
+    cfg, reqs = case
     clock, wall = FakeClock(), FakeWall()
-    eng = engine(cfg, clock=clock, wall=wall, seed=seed)
+    eng = engine(cfg, clock=clock, wall=wall, seed=seed, ledger=YieldingLedger() if yielding else None)
     budget = cfg.routing.budget
     month = month_of(wall())
 
     def used(scope: str = "global") -> int:
         t = eng.ledger.totals(scope, month)
-        assert t is not None
-        return t.used_nano
+        return t.used_nano if t is not None else 0
 
     async def run() -> None:
         served: list[Served] = []
         decisions = await asyncio.gather(*(eng.decide(r) for r in reqs))  # concurrent, reused ids
         for req, d in zip(reqs, decisions, strict=True):
             if d.route is not None:
+                cloud = d.route.privacy_zone == PrivacyZone.OPEN
                 served.append(
-                    Served(d.decision_id, req.request_id, d.route.backend_id, d.cost_estimate.cost_nano)
+                    Served(
+                        d.decision_id,
+                        req.request_id,
+                        d.route.backend_id,
+                        d.cost_estimate.cost_nano,
+                        d.scopes,
+                        cloud,
+                    )
                 )
         assert len({s.decision_id for s in served}) == len(served)
-        if budget is not None and budget.hard_limit_action == "block_all":
-            assert used() <= budget.monthly_limit_nano
+        if budget is not None and budget.hard_limit_action in BLOCKING:
+            # every blocking limit, the global one and each tenant's: what the Routes it limits
+            # hold is within it (block_cloud limits only open-zone Routes; the restricted ones
+            # may add to the scope's total beyond it, which is why only the limited ones count)
+            limited = budget.hard_limit_action == "block_all"
+            for scope, limit in limits_of(budget).items():
+                held = sum(s.estimate for s in served if scope in s.scopes and (limited or s.cloud))
+                assert held <= limit, (scope, held, limit, budget.hard_limit_action)
+                if limited:
+                    assert used(scope) <= limit
         # report in random order, by decision id or request id, some of them twice
         charged: dict[str, int] = {}
         for index, by_decision, twice in reports:
@@ -282,9 +337,25 @@ def test_budget_holds_and_every_served_decision_is_charged_exactly_once(
         assert spent is not None
         assert (spent.spent_nano, spent.reserved_nano) == (sum(charged.values()), 0)
         if budget is not None and budget.hard_limit_action == "block_all":
-            assert spent.spent_nano <= budget.monthly_limit_nano
+            for scope, limit in limits_of(budget).items():
+                totals = eng.ledger.totals(scope, month)
+                assert totals is None or totals.spent_nano <= limit
 
     asyncio.run(run())
+
+
+class YieldingLedger(MemoryLedger):
+    """A memory ledger whose reservations yield to the event loop first."""
+
+    async def reserve(self, reservation: Reservation, limits: Mapping[str, int] | None = None) -> bool:
+        await asyncio.sleep(0)
+        return await super().reserve(reservation, limits)
+
+
+def limits_of(budget: BudgetConfig) -> dict[str, int]:
+    """The budget's limits by ledger scope; 0 (no limit) left out."""
+    limits = {GLOBAL: budget.monthly_limit_nano, **budget.tenants}
+    return {scope: limit for scope, limit in limits.items() if limit > 0}
 
 
 @given(cfg=configs(), reqs=st.lists(requests, min_size=1, max_size=8), seed=st.integers(0, 2**32 - 1))

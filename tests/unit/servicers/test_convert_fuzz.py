@@ -30,7 +30,7 @@ def clean(fn: object, *args: object) -> None:
 
 
 @given(st.binary(max_size=512))
-@FUZZ
+@settings(FUZZ, max_examples=1000)
 def test_random_bytes_decode_to_a_request_or_a_malformed_marker(data: bytes) -> None:
     for message in (dpb.DecideRequest, dpb.ReportOutcomeRequest):
         decoded = _lenient(message.FromString)(data)  # type: ignore[arg-type, misc]
