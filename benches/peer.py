@@ -32,6 +32,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -66,6 +67,16 @@ def runtime_dependencies() -> list[str]:
     return deps
 
 
+def unpinned(wanted: list[str], lock: str) -> list[str]:
+    """The requirements in `wanted` whose package the lock file pins no version of."""
+
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].strip().lower().replace("_", "-")
+
+    pinned = {name(line) for line in lock.splitlines() if "==" in line}
+    return [n for n in map(name, wanted) if n and n not in pinned]
+
+
 def ensure_venv(version: str) -> Path:
     """benches/.venv-litellm-<version>, with every package pinned by its lock file."""
     if version in REFUSED:
@@ -84,6 +95,10 @@ def ensure_venv(version: str) -> Path:
         print(f"peer bench: making {venv.relative_to(ROOT)}", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
+    if lock.exists() and (missing := unpinned(wanted, lock.read_text())):
+        # a runtime dependency added since the lock was written: resolve again, write a new lock
+        print(f"peer bench: {lock.name} pins no {', '.join(missing)}; resolving again", flush=True)
+        lock.unlink()
     cmd = [*pip, "-r", str(lock)] if lock.exists() else [*pip, *wanted]
     print(f"peer bench: installing litellm {version} ({'from its lock' if lock.exists() else 'resolving'})")
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
