@@ -12,35 +12,14 @@ from typing import Any
 
 import pytest
 from support.net import async_wait_until
+from support.probes import HC, H, K, U, registry, status
 
-from nexus_grpc.config.schema import Config, HealthCheckConfig
-from nexus_grpc.domain.backend import BackendConfig, probe_path
-from nexus_grpc.domain.enums import BackendStatus
+from nexus_grpc.config.schema import HealthCheckConfig
+from nexus_grpc.domain.backend import probe_path
 from nexus_grpc.state.health import HealthProber, ProbeResult
 from nexus_grpc.state.probe_http import http_get
 from nexus_grpc.state.registry import Registry
-from nexus_grpc.testing.builders import backend, config, model
-from nexus_grpc.testing.clock import FakeClock
-
-H, U, K = BackendStatus.HEALTHY, BackendStatus.UNHEALTHY, BackendStatus.UNKNOWN
-HC = HealthCheckConfig(enabled=True, interval_seconds=30, timeout_seconds=0.5, failure_threshold=3)
-OK = ProbeResult(True, "HTTP 200", 12.0)
-FAIL = ProbeResult(False, "HTTP 500", 0.0)
-
-
-def with_health(cfg: Config, hc: HealthCheckConfig = HC) -> Config:
-    return replace(cfg, health_check=hc)
-
-
-def registry(*backends: BackendConfig, hc: HealthCheckConfig = HC) -> Registry:
-    return Registry(with_health(config(list(backends)), hc), FakeClock())
-
-
-def status(reg: Registry, backend_id: str) -> BackendStatus:
-    found = reg.get(backend_id)
-    assert found is not None
-    return found[1].status
-
+from nexus_grpc.testing.builders import backend, model
 
 # ---- a scripted HTTP server ----------------------------------------------------------------
 
