@@ -7,7 +7,7 @@ pyproject.toml), repository-only: they may use the source tree (deploy/, the tes
     upstream       stand-in HTTP backends (also a CLI: `python tests/support/upstream.py ...`)
     redis_server   a throw-away redis-server
     otlp           a stand-in OpenTelemetry collector
-    doc_blocks     the shell blocks of a Markdown file, run as written (the README tour, the Envoy quick starts)
+    doc_blocks     a Markdown file's shell blocks, run as written (README tour, Envoy quick starts)
     probes         health-probe fixtures: a registry on a fake clock, probe results, status()
 
 Fixtures stay in each directory's conftest.py; what tests import lives here. The public test API
