@@ -11,7 +11,8 @@ it prints (its lines, made neutral where runs differ, must appear in that order 
 The bash runs in a session of its own; `run.leftovers` are the processes of that session still
 alive when it ended (then killed): a block that starts processes and stops them leaves none.
 With `own_net`, the bash has a network namespace of its own (fixed ports are free there) and a
-private /tmp (files a block writes there stay there); that needs root and `unshare`.
+private /tmp (files a block writes there stay there; a checkout under /tmp stays visible at its
+path); that needs root and `unshare`.
 """
 
 from __future__ import annotations
@@ -120,9 +121,15 @@ def run_blocks(
         lines += [f"echo {MARK}", text]
     script.write_text("\n".join(lines) + "\n")
     command = ["bash", str(script)]
-    if own_net:  # fd 3 opens the script before a fresh /tmp hides it
-        inner = f'exec 3<"{script}"; ip link set lo up; mount -t tmpfs tmpfs /tmp; mkdir -p "$HOME"'
-        inner += "; exec bash /dev/fd/3"
+    if own_net:
+        # fd 3 opens the script before a fresh /tmp hides it; a checkout under /tmp (a CI clone)
+        # is bound into the fresh /tmp at its own path, so the blocks still find it
+        inner = (
+            f'exec 3<"{script}"; ip link set lo up; fresh=$(mktemp -d); mount -t tmpfs tmpfs "$fresh"; '
+            'case "$PWD" in /tmp/*) mkdir -p "$fresh/${PWD#/tmp/}"; '
+            'mount --bind "$PWD" "$fresh/${PWD#/tmp/}";; '
+            'esac; mount --move "$fresh" /tmp; cd "$PWD"; mkdir -p "$HOME"; exec bash /dev/fd/3'
+        )
         command = ["unshare", "--net", "--mount", "bash", "-c", inner]
     proc = subprocess.Popen(
         command,
