@@ -27,6 +27,10 @@ from nexus_grpc._gen.nexus.v1 import (
     decision_pb2_grpc,
     registry_pb2_grpc,
 )
+from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
+from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
+from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
+from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 from nexus_grpc.testing import TestServer
 from support.net import wait_until
 
@@ -34,6 +38,7 @@ __all__ = [
     "REPO",
     "SERVING",
     "SMALL_TOML",
+    "SQLITE_TOML",
     "TOKEN_VARS",
     "StartServer",
     "Stubs",
@@ -124,6 +129,32 @@ id = "backup"
 """
 
 
+# A priced cloud backend and a free local one on a sqlite ledger in the server's directory, under
+# a block_cloud budget: for the tests of a ledger that stops taking writes.
+SQLITE_TOML = """\
+[server]
+drain_seconds = 0
+[routing.budget]
+monthly_limit_usd = 100.0
+hard_limit_action = "block_cloud"
+[ledger]
+kind = "sqlite"
+path = "ledger.db"
+[[backends]]
+id = "cloud"
+url = "https://api.openai.com"
+type = "openai"
+[[backends.models]]
+id = "gpt-4-turbo"
+[[backends]]
+id = "local"
+url = "http://127.0.0.1:9001"
+type = "ollama"
+[[backends.models]]
+id = "m"
+"""
+
+
 @dataclass(frozen=True)
 class Stubs:
     """One stub per service, all on one channel."""
@@ -133,6 +164,15 @@ class Stubs:
     budget: budget_pb2_grpc.BudgetServiceStub
     admin: admin_pb2_grpc.AdminServiceStub
     health: health_pb2_grpc.HealthStub
+
+    def backend(self, backend_id: str) -> tpb.Backend:
+        return self.registry.GetBackend(rpb.GetBackendRequest(backend_id=backend_id), timeout=5).backend
+
+    def global_budget(self) -> tpb.BudgetState:
+        return self.budget.GetBudget(bpb.GetBudgetRequest(), timeout=5).budget
+
+    def report(self, **fields: Any) -> dpb.ReportOutcomeResponse:
+        return self.decision.ReportOutcome(dpb.ReportOutcomeRequest(**fields), timeout=5)
 
 
 def stubs(channel: grpc.Channel) -> Stubs:

@@ -14,26 +14,23 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.net import free_port
+from support.servers import REPO, serve_env, wait_serving
 
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc, registry_pb2_grpc
 from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 
-REPO = Path(__file__).resolve().parents[3]
 TLS_EXAMPLE = REPO / "docs" / "examples" / "tls"
-TOKEN_VARS = ("NEXUS_ADMIN_TOKEN", "NEXUS_CLIENT_TOKEN")
 CLI = (sys.executable, "-m", "nexus_grpc.cli")
 
 BASE_TOML = """\
@@ -53,14 +50,6 @@ MEMORY_LEDGER = '[ledger]\nkind = "memory"\n'
 SQLITE_LEDGER = '[ledger]\nkind = "sqlite"\npath = "ledger.db"\n'
 
 
-def env() -> dict[str, str]:
-    """This interpreter's environment, the repository importable, no tokens."""
-    out = {k: v for k, v in os.environ.items() if k not in TOKEN_VARS}
-    out["PYTHONPATH"] = str(REPO) + (os.pathsep + out["PYTHONPATH"] if out.get("PYTHONPATH") else "")
-    out["PYTHONUNBUFFERED"] = "1"
-    return out
-
-
 Run = Callable[..., subprocess.Popen[str]]
 
 
@@ -71,7 +60,7 @@ def run() -> Iterator[Run]:
 
     def start(*argv: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
+            list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=serve_env()
         )
         procs.append(proc)
         return proc
@@ -81,13 +70,6 @@ def run() -> Iterator[Run]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def refused_at_start(proc: subprocess.Popen[str]) -> str:
@@ -101,7 +83,12 @@ def refused_at_start(proc: subprocess.Popen[str]) -> str:
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, "check-config", str(path)], capture_output=True, text=True, env=env(), timeout=60, check=False
+        [*CLI, "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env=serve_env(),
+        timeout=60,
+        check=False,
     )
 
 
@@ -275,22 +262,6 @@ def _namespaces_work(hosts: Path) -> str:
         return f"unshare -m with a bind mount failed: {probe.stderr.strip() or probe.returncode}"
     assert probe.stdout.split()[0] == "0.0.0.0", probe.stdout
     return ""
-
-
-def wait_serving(target: str, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            assert proc.poll() is None, f"serve exited early: {proc.communicate()[1]}"
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become SERVING"
-            time.sleep(0.05)
 
 
 def test_serve_on_a_127_name_that_resolves_to_the_wildcard_refuses_admin_without_a_token(

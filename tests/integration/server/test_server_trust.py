@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from support.net import wait_until
+from support.servers import SQLITE_TOML
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
 from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
@@ -191,30 +192,6 @@ def test_an_open_port_without_a_token_warns_at_start_and_names_the_variable(
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "NEXUS_ADMIN_TOKEN" in details
-
-
-SQLITE_TOML = """\
-[server]
-drain_seconds = 0
-[routing.budget]
-monthly_limit_usd = 100.0
-hard_limit_action = "block_cloud"
-[ledger]
-kind = "sqlite"
-path = "ledger.db"
-[[backends]]
-id = "cloud"
-url = "https://api.openai.com"
-type = "openai"
-[[backends.models]]
-id = "gpt-4-turbo"
-[[backends]]
-id = "local"
-url = "http://127.0.0.1:9001"
-type = "ollama"
-[[backends.models]]
-id = "m"
-"""
 
 
 def test_a_ledger_that_cannot_write_fails_priced_decides_cleanly_and_recovers(

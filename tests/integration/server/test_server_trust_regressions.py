@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,36 +25,16 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.net import free_port, wait_until
+from support.servers import SQLITE_TOML, TOKEN_VARS, stubs
 
 from nexus_grpc._gen.nexus.v1 import admin_pb2 as apb
-from nexus_grpc._gen.nexus.v1 import admin_pb2_grpc, budget_pb2_grpc, decision_pb2_grpc, registry_pb2_grpc
-from nexus_grpc._gen.nexus.v1 import budget_pb2 as bpb
 from nexus_grpc._gen.nexus.v1 import decision_pb2 as dpb
+from nexus_grpc._gen.nexus.v1 import decision_pb2_grpc
 from nexus_grpc._gen.nexus.v1 import registry_pb2 as rpb
 from nexus_grpc._gen.nexus.v1 import types_pb2 as tpb
 from nexus_grpc.state.server import loopback_only
 from nexus_grpc.testing.server import TestServer
-
-TOKEN_VARS = ("NEXUS_ADMIN_TOKEN", "NEXUS_CLIENT_TOKEN")
-
-
-class Stubs:
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.decision = decision_pb2_grpc.DecisionServiceStub(channel)
-        self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
-        self.budget = budget_pb2_grpc.BudgetServiceStub(channel)
-        self.admin = admin_pb2_grpc.AdminServiceStub(channel)
-        self.health = health_pb2_grpc.HealthStub(channel)
-
-    def backend(self, backend_id: str) -> tpb.Backend:
-        return self.registry.GetBackend(rpb.GetBackendRequest(backend_id=backend_id), timeout=5).backend
-
-    def global_budget(self) -> tpb.BudgetState:
-        return self.budget.GetBudget(bpb.GetBudgetRequest(), timeout=5).budget
-
-    def report(self, **fields: Any) -> dpb.ReportOutcomeResponse:
-        return self.decision.ReportOutcome(dpb.ReportOutcomeRequest(**fields), timeout=5)
-
 
 Start = Callable[..., TestServer]
 
@@ -80,13 +59,6 @@ def start() -> Iterator[Start]:
     yield run
     for server in servers:
         server.stop()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
@@ -141,7 +113,7 @@ TURBO_1K_USD = 0.025  # 1000 input tokens (0.01) + 500 output tokens (0.015) on 
 
 
 def test_a_report_naming_a_free_unrelated_backend_is_charged_at_the_routed_price(start: Start) -> None:
-    s = Stubs(start(config_text=FLEET_TOML).channel)
+    s = stubs(start(config_text=FLEET_TOML).channel)
     route = s.decision.Decide(TURBO, timeout=5).route
     assert (route.backend_id, list(route.alternates)) == ("a", ["b"])
     out = s.report(
@@ -172,7 +144,7 @@ def _forged(n: int) -> dict[str, Any]:
 
 
 def test_forged_failure_reports_leave_a_healthy_backend_routing(start: Start) -> None:
-    s = Stubs(start(config_text=FLEET_TOML).channel)
+    s = stubs(start(config_text=FLEET_TOML).channel)
     for n in range(6):
         out = s.report(backend_id="a", success=False, http_status=500, **_forged(n))
         assert (out.recorded, out.decision_id) == (True, "")  # charged ($0: no cost, no tokens), unknown
@@ -184,7 +156,7 @@ def test_forged_failure_reports_leave_a_healthy_backend_routing(start: Start) ->
 
 
 def test_forged_ttft_reports_leave_scores_and_order_alone(start: Start) -> None:
-    s = Stubs(start(config_text=FLEET_TOML).channel)
+    s = stubs(start(config_text=FLEET_TOML).channel)
     explain = dpb.ExplainRequest(model="gpt-4-turbo", estimated_input_tokens=1000, stream=True)
     before = s.decision.Explain(explain, timeout=5)
     assert [c.backend_id for c in before.scores] == ["a", "b"]
@@ -281,7 +253,7 @@ def test_a_reload_with_an_unbalanced_ipv6_url_is_invalid_argument_and_keeps_the_
 ) -> None:
     path = tmp_path / "nexus.toml"
     path.write_text(SMALL_TOML)
-    s = Stubs(start(config_path=path).channel)
+    s = stubs(start(config_path=path).channel)
     version = s.admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=5).config_version
     path.write_text(SMALL_TOML.replace("http://127.0.0.1:9002", "http://[::1"))
     code, details = rpc_error(lambda: s.admin.ReloadConfig(apb.ReloadConfigRequest(), timeout=10))
@@ -299,13 +271,6 @@ def test_a_reload_with_an_unbalanced_ipv6_url_is_invalid_argument_and_keeps_the_
 # --- a ledger that cannot store changes -----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _gauge(port: int, name: str) -> float:
     """The value of an unlabelled gauge on the server's Prometheus endpoint."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -315,37 +280,17 @@ def _gauge(port: int, name: str) -> float:
     return float(values[0])
 
 
-SQLITE_TOML = """\
-[server]
-drain_seconds = 0
-[telemetry]
-prometheus_listen = "127.0.0.1:{port}"
-[routing.budget]
-monthly_limit_usd = 100.0
-hard_limit_action = "block_cloud"
-[ledger]
-kind = "sqlite"
-path = "ledger.db"
-[[backends]]
-id = "cloud"
-url = "https://api.openai.com"
-type = "openai"
-[[backends.models]]
-id = "gpt-4-turbo"
-"""
-
-
 def test_a_ledger_write_failure_shows_in_the_metrics_and_reserves_nothing(
     start: Start, tmp_path: Path
 ) -> None:
     """The ledger's file stops taking writes (sqlite's query_only on the live connection, as a
     read-only remount would): nexus_ledger_writable reads 0 and the failed priced Decide holds
     no reservation; once writes work again the gauge reads 1 by itself."""
-    port = _free_port()
+    port = free_port()
     path = tmp_path / "nexus.toml"
-    path.write_text(SQLITE_TOML.format(port=port))
+    path.write_text(SQLITE_TOML + f'[telemetry]\nprometheus_listen = "127.0.0.1:{port}"\n')
     server = start(config_path=path)
-    s = Stubs(server.channel)
+    s = stubs(server.channel)
     db = server.runtime.engine.ledger._db  # type: ignore[attr-defined]
     priced = dpb.DecideRequest(model="gpt-4-turbo", estimated_input_tokens=1000)
     assert _gauge(port, "nexus_ledger_writable") == 1
@@ -360,7 +305,7 @@ def test_a_ledger_write_failure_shows_in_the_metrics_and_reserves_nothing(
     assert s.backend("cloud").in_flight == 0
 
     server.run(db.run(lambda conn: conn.execute("PRAGMA query_only=0")))
-    wait_for(lambda: _gauge(port, "nexus_ledger_writable") == 1, "nexus_ledger_writable back to 1")
+    wait_until(lambda: _gauge(port, "nexus_ledger_writable") == 1, "nexus_ledger_writable back to 1")
     route = s.decision.Decide(priced, timeout=5).route
     assert route.backend_id == "cloud"
     assert math.isclose(s.global_budget().reserved_usd, TURBO_1K_USD)  # exactly this one
@@ -422,7 +367,7 @@ def test_a_server_known_by_a_127_name_that_resolves_to_the_wildcard_refuses_admi
     server = start(config_text=SMALL_TOML, listen="0.0.0.0:0")
     server.runtime.listen = f"127.evil.test:{server.port}"
     assert not server.runtime.loopback_only
-    s = Stubs(server.channel)
+    s = stubs(server.channel)
     code, details = rpc_error(
         lambda: s.registry.SetBackendState(
             rpb.SetBackendStateRequest(backend_id="local", status=tpb.BACKEND_STATUS_DRAINING), timeout=5
@@ -483,7 +428,7 @@ def test_concurrent_decides_sharing_a_request_id_take_one_slot_each(start: Start
     assert kinds == ["queue"] * 4 + ["route"], answers
     queued = [a.queue for a in answers if a.WhichOneof("decision") == "queue"]
     assert all(q.reason == "waiting_for:cloud:gpt-4-turbo" for q in queued), queued
-    s = Stubs(server.channel)
+    s = stubs(server.channel)
     assert s.backend("cloud").in_flight == 1
     assert math.isclose(s.global_budget().reserved_usd, TURBO_1K_USD)  # one reservation
     (route,) = [a.route for a in answers if a.WhichOneof("decision") == "route"]
